@@ -11,6 +11,7 @@ makes one data-consistency weight γ meaningful across tasks (spec dds.md §7.7)
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -58,7 +59,9 @@ def _radon_matrix(size: int, angles_deg: torch.Tensor, n_det: int, dt: float) ->
         cols.append((yi * size + xi)[ok])
         vals.append(w[ok] * dt)
     idx = torch.stack([torch.cat(rows), torch.cat(cols)])
-    return torch.sparse_coo_tensor(idx, torch.cat(vals), (V * n_det, size * size)).coalesce()
+    return torch.sparse_coo_tensor(
+        idx, torch.cat(vals), (V * n_det, size * size), check_invariants=False
+    ).coalesce()
 
 
 def ramp_filter(sino: torch.Tensor) -> torch.Tensor:
@@ -101,8 +104,10 @@ class ParallelBeamCT(LinearOperator):
         super().__init__((1, size, size), (1, angles.numel(), n_det))
         self.size, self.angles, self.n_det, self.dt = size, angles, n_det, float(dt)
         R = _radon_matrix(size, angles, n_det, dt)
-        self._R = R.to_sparse_csr()
-        self._Rt = R.t().coalesce().to_sparse_csr()
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": we use only CSR @ dense
+            warnings.simplefilter("ignore", UserWarning)
+            self._R = R.to_sparse_csr()
+            self._Rt = R.t().coalesce().to_sparse_csr()
         self._cache: dict = {}
         self.scale = 1.0
         if normalize:
