@@ -20,8 +20,6 @@ from .fid import Statistics, compute_statistics, frechet_distance
 
 __all__ = [
     "gaussian_frechet_distance",
-    "stationary_gaussian_spectrum",
-    "StationaryGaussianDenoiser",
     "sample_loop",
     "transfer_matrix",
     "linear_sampler_distance",
@@ -33,63 +31,6 @@ __all__ = [
 def gaussian_frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """Closed-form Fréchet (2-Wasserstein²) distance between N(mu1, sigma1) and N(mu2, sigma2), float64."""
     return frechet_distance((mu1, sigma1), (mu2, sigma2))
-
-
-def stationary_gaussian_spectrum(size: int = 16, mean_variance: float = 0.25) -> torch.Tensor:
-    """Power spectrum ``p`` (size, size), float64, of the stationary Gaussian benchmark of benchmarks.md.
-
-    ``p ∝ 1/|f|²`` with ``|f|`` the radial frequency from ``torch.fft.fftfreq``; the DC frequency is set to
-    ``|f| = 1/size`` (the lowest non-zero frequency; this is the choice that reproduces the reference table);
-    scaled so the mean per-pixel variance is ``mean_variance`` (trace Σ = mean_variance · size²).
-    """
-    if size < 2:
-        raise ValueError(f"size must be >= 2, got {size}")
-    f = torch.fft.fftfreq(size, dtype=torch.float64)
-    radial = (f[:, None] ** 2 + f[None, :] ** 2).sqrt()
-    radial[0, 0] = 1.0 / size
-    p = radial.pow(-2)
-    return p * (mean_variance / p.mean())
-
-
-class StationaryGaussianDenoiser(nn.Module):
-    """Exact ε-predictor of x0 ~ N(0, Σ), Σ = F⁻¹ diag(p) F (unitary 2-D DFT), single-channel images.
-
-    ``ε̂(x_t, t) = F⁻¹[ √(1−ᾱ_t) · F x_t / (ᾱ_t p + 1 − ᾱ_t) ]`` — linear in x_t. Called like a diffusers
-    ``UNet2DModel`` (``model(sample, timestep).sample``); integer timesteps index ``alphas_cumprod``.
-    """
-
-    def __init__(self, spectrum: torch.Tensor, alphas_cumprod: torch.Tensor) -> None:
-        super().__init__()
-        if spectrum.ndim != 2:
-            raise ValueError(f"spectrum must be (H, W), got {tuple(spectrum.shape)}")
-        self.register_buffer("spectrum", spectrum.double())
-        self.register_buffer("alphas_cumprod", torch.as_tensor(alphas_cumprod, dtype=torch.float64))
-
-    @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        return (1, *self.spectrum.shape)
-
-    def covariance(self) -> torch.Tensor:
-        """Σ in the pixel basis, (d, d) float64, d = H·W."""
-        d = self.spectrum.numel()
-        eye = torch.eye(d, dtype=torch.float64).reshape(d, 1, *self.spectrum.shape)
-        cols = torch.fft.ifft2(torch.fft.fft2(eye, norm="ortho") * self.spectrum, norm="ortho").real
-        return cols.reshape(d, d)
-
-    def sample_data(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n exact samples (n, 1, H, W), float64."""
-        z = torch.randn(n, *self.sample_shape, generator=generator, dtype=torch.float64)
-        return torch.fft.ifft2(torch.fft.fft2(z, norm="ortho") * self.spectrum.sqrt(), norm="ortho").real
-
-    def forward(self, sample: torch.Tensor, timestep, return_dict: bool = True):
-        from diffusers.models.unets.unet_2d import UNet2DOutput
-
-        t = torch.as_tensor(timestep).reshape(-1)[0].round().long()
-        a = self.alphas_cumprod[t]
-        x = sample.double()
-        eps = torch.fft.ifft2((1 - a).sqrt() * torch.fft.fft2(x, norm="ortho") / (a * self.spectrum + 1 - a),
-                              norm="ortho").real.to(sample.dtype)
-        return UNet2DOutput(sample=eps) if return_dict else (eps,)
 
 
 def sample_loop(model: Callable, scheduler, x_T: torch.Tensor, num_inference_steps: int,
@@ -124,18 +65,29 @@ def transfer_matrix(model: Callable, scheduler, num_inference_steps: int, sample
     return out.double().reshape(d, d).T
 
 
-def linear_sampler_distance(model: StationaryGaussianDenoiser, scheduler, num_inference_steps: int,
-                            dtype: torch.dtype = torch.float64) -> float:
-    """Exact Fréchet distance of a linear sampler's output law N(0, MMᵀ) to the Gaussian data N(0, Σ)."""
-    m = transfer_matrix(model, scheduler, num_inference_steps, model.sample_shape, dtype=dtype)
-    zero = torch.zeros(m.shape[0], dtype=torch.float64)
-    return gaussian_frechet_distance(zero, m @ m.T, zero, model.covariance())
+def linear_sampler_distance(model, scheduler, num_inference_steps: int, dtype: torch.dtype = torch.float64) -> float:
+    """Exact Fréchet distance of a linear sampler's output law N(M·0 + b, MMᵀ) to Gaussian data N(μ, Σ).
+
+    ``model`` is a linear-Gaussian denoiser with ``data_shape``, ``covariance()`` and (optionally) a ``mean``
+    buffer, e.g. ``lml_sampler.models.analytic.GaussianDenoiser``. The sampler is affine, ``x_0 = M x_T + b``:
+    ``b`` is its output at ``x_T = 0`` and M is measured on the basis vectors with b subtracted.
+    """
+    shape = tuple(model.data_shape)
+    d = int(np.prod(shape))
+    x = torch.cat([torch.zeros(1, *shape, dtype=dtype), torch.eye(d, dtype=dtype).reshape(d, *shape)])
+    out, _ = sample_loop(model, scheduler, x, num_inference_steps)
+    out = out.double().reshape(d + 1, d)
+    b, m = out[0], (out[1:] - out[0]).T
+    mean = getattr(model, "mean", None)
+    mu = torch.zeros(d, dtype=torch.float64) if mean is None else mean.double().reshape(-1).cpu()
+    return gaussian_frechet_distance(b, m @ m.T, mu, model.covariance().double())
 
 
 def mixture_moments(weights, means, covariances=None) -> Statistics:
     """Exact mean and covariance of a Gaussian mixture: ``μ = Σ wₖ μₖ``, ``Σ = Σ wₖ(Σₖ + μₖμₖᵀ) − μμᵀ``.
 
-    ``covariances`` may be (K, d, d), (K,) isotropic variances, a scalar, or None (point masses). ``n`` is None.
+    ``covariances`` may be (K, d, d), (K, ...) diagonal variances with d entries each, (K,) isotropic variances, a
+    scalar, or None (point masses). ``n`` is None.
     """
     w = torch.as_tensor(np.asarray(weights), dtype=torch.float64).reshape(-1)
     mu_k = torch.as_tensor(np.asarray(means), dtype=torch.float64).reshape(w.shape[0], -1)
@@ -148,7 +100,14 @@ def mixture_moments(weights, means, covariances=None) -> Statistics:
         c = torch.as_tensor(np.asarray(covariances), dtype=torch.float64)
         if c.ndim == 0:
             c = c.expand(w.shape[0])
-        cov_k = c.reshape(-1, 1, 1) * torch.eye(d, dtype=torch.float64) if c.ndim == 1 else c
+        if c.ndim == 1:  # isotropic variances s_k²
+            cov_k = c.reshape(-1, 1, 1) * torch.eye(d, dtype=torch.float64)
+        elif c.ndim == 3 and tuple(c.shape[1:]) == (d, d):  # full covariances
+            cov_k = c
+        elif c[0].numel() == d:  # diagonal variances, any (K, ...) shape
+            cov_k = torch.diag_embed(c.reshape(-1, d))
+        else:
+            raise ValueError(f"covariances must be (K,), (K, d), (K, d, d) or (K, C, H, W); got {tuple(c.shape)}")
     mu = w @ mu_k
     second = torch.einsum("k,kij->ij", w, cov_k) + torch.einsum("k,ki,kj->ij", w, mu_k, mu_k)
     return Statistics(mu.numpy(), (second - torch.outer(mu, mu)).numpy(), None)

@@ -62,6 +62,21 @@ def extend_init_signature(parent_init: Callable) -> Callable:
     return decorate
 
 
+def same_signature_as(parent_method: Callable) -> Callable:
+    """Give an overriding ``(*args, **kwargs)`` method the parent method's signature and docstring.
+
+    Pipelines inspect ``scheduler.set_timesteps`` (for ``timesteps=`` / ``sigmas=``) and ``scheduler.step`` (for
+    ``eta=`` / ``generator=``) before calling them, so an override must present the parent's parameters.
+    """
+
+    def decorate(method: Callable) -> Callable:
+        method.__signature__ = inspect.signature(parent_method)
+        method.__doc__ = method.__doc__ or parent_method.__doc__
+        return method
+
+    return decorate
+
+
 def split_lm_kwargs(kwargs: dict) -> dict:
     """Remove the LM config kwargs from ``kwargs`` (in place) before it goes to the parent's ``__init__``.
 
@@ -114,4 +129,4 @@ class LMStateMixin:
         return lm_correct(v, prev, lamb=self.config.lamb, kappa=self.config.kappa, formula=self.config.lm_formula)
 
 
-__all__ = ["LM_CONFIG_DEFAULTS", "LM_CONFIG_DOC", "LM_FORMULAS", "LMStateMixin", "extend_init_signature", "split_lm_kwargs"]
+__all__ = ["LM_CONFIG_DEFAULTS", "LM_CONFIG_DOC", "LM_FORMULAS", "LMStateMixin", "extend_init_signature", "same_signature_as", "split_lm_kwargs"]

@@ -7,7 +7,7 @@ from diffusers import DDIMScheduler, SchedulerMixin  # noqa: F401  (SchedulerMix
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
-from ._lm import LM_CONFIG_DOC, LMStateMixin, extend_init_signature, split_lm_kwargs
+from ._lm import LM_CONFIG_DOC, LMStateMixin, extend_init_signature, same_signature_as, split_lm_kwargs
 
 # `DiffusionPipeline.from_pretrained` imports this module and looks up `SchedulerMixin` in its namespace to pick the
 # loader of a third-party component (diffusers-contract.md §8): the import above is load-bearing.
@@ -35,6 +35,7 @@ class LMLDDIMScheduler(LMStateMixin, DDIMScheduler):
         super().__init__(*args, **kwargs)
         self._init_lm()
 
+    @same_signature_as(DDIMScheduler.set_timesteps)
     def set_timesteps(self, *args, **kwargs) -> None:
         super().set_timesteps(*args, **kwargs)
         self._reset_lm_state()

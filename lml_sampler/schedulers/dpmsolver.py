@@ -8,7 +8,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, SchedulerMixin  # noqa: F401  (SchedulerMixin: see ddim.py)
 from diffusers.configuration_utils import register_to_config
 
-from ._lm import LM_CONFIG_DOC, LMStateMixin, extend_init_signature, split_lm_kwargs
+from ._lm import LM_CONFIG_DOC, LMStateMixin, extend_init_signature, same_signature_as, split_lm_kwargs
 
 
 class LMLDPMSolverMultistepScheduler(LMStateMixin, DPMSolverMultistepScheduler):
@@ -34,6 +34,7 @@ class LMLDPMSolverMultistepScheduler(LMStateMixin, DPMSolverMultistepScheduler):
         super().__init__(*args, **kwargs)
         self._init_lm()
 
+    @same_signature_as(DPMSolverMultistepScheduler.set_timesteps)
     def set_timesteps(self, *args, **kwargs) -> None:
         super().set_timesteps(*args, **kwargs)
         self._reset_lm_state()

@@ -7,7 +7,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, SchedulerMixin  # noqa: F
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
 
-from ._lm import LM_CONFIG_DOC, LMStateMixin, extend_init_signature, split_lm_kwargs
+from ._lm import LM_CONFIG_DOC, LMStateMixin, extend_init_signature, same_signature_as, split_lm_kwargs
 
 
 class LMLFlowMatchEulerDiscreteScheduler(LMStateMixin, FlowMatchEulerDiscreteScheduler):
@@ -29,10 +29,12 @@ class LMLFlowMatchEulerDiscreteScheduler(LMStateMixin, FlowMatchEulerDiscreteSch
         super().__init__(*args, **kwargs)
         self._init_lm()
 
+    @same_signature_as(FlowMatchEulerDiscreteScheduler.set_timesteps)
     def set_timesteps(self, *args, **kwargs) -> None:
         super().set_timesteps(*args, **kwargs)
         self._reset_lm_state()
 
+    @same_signature_as(FlowMatchEulerDiscreteScheduler.step)
     def step(
         self,
         model_output: torch.FloatTensor,
