@@ -245,7 +245,8 @@ def run_shards(sample_fn: Callable[[list[int]], dict[str, np.ndarray]], out_dir:
         arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]
                   if keep is None or k == 0 or key in keep}
         arrays.update(indices=np.asarray(idx, dtype=np.int64), seconds=np.float64(gen_s),
-                      feature_seconds=np.float64(feat_s), nfe=np.int64(getattr(sample_fn, "nfe", None) or -1))
+                      feature_seconds=np.float64(feat_s), nfe=np.int64(getattr(sample_fn, "nfe", None) or -1),
+                      rank=np.int64(dist.rank))
         if feats:
             arrays["features"] = np.concatenate(feats)
         _atomic_savez(_shard_path(out_dir, k), arrays)

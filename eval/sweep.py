@@ -117,13 +117,12 @@ def run_cell(model: EvalModel, sampler: str, nfe: int, cfg: SweepConfig, dist: D
         dist.barrier()
         return json.loads(result_path.read_text())
 
+    manifest = {"model": model.name, "sampler": label, "nfe": nfe, "seed": cfg.seed, "num_samples": n,
+                "shard_size": cfg.shard_size, "metric": model.metric, "extractor": model.extractor_name}
     if dist.is_main:
-        write_manifest(cell, {"model": model.name, "sampler": label, "nfe": nfe, "seed": cfg.seed,
-                              "num_samples": n, "shard_size": cfg.shard_size, "metric": model.metric,
-                              "extractor": model.extractor_name})
+        write_manifest(cell, manifest)
     dist.barrier()
-    write_manifest(cell, {"model": model.name, "sampler": label, "nfe": nfe, "seed": cfg.seed, "num_samples": n,
-                          "shard_size": cfg.shard_size, "metric": model.metric, "extractor": model.extractor_name})
+    write_manifest(cell, manifest)  # every rank checks it resumes the same run
     if model.kind == "analytic":
         dtype = torch.float32
         sample_fn: Any = ModelSampler(model.denoiser, scheduler, nfe, cfg.seed, tuple(model.denoiser.data_shape),

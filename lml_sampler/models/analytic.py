@@ -204,6 +204,11 @@ def _online_softmax_average(chunks: Iterable[tuple[Tensor, Callable[[Tensor], Te
     return acc / total.reshape((-1,) + (1,) * (acc.ndim - 1))
 
 
+def _sample_size(height: int, width: int) -> int | list[int]:
+    """Config value: an int for square images (what the pipelines expect), else [H, W] (JSON-stable)."""
+    return height if height == width else [height, width]
+
+
 def _as_hw(sample_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(sample_size, int):
         return sample_size, sample_size
@@ -275,6 +280,8 @@ class AnalyticDenoiser(ModelMixin, ConfigMixin):
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         height, width = _as_hw(sample_size)
+        if not isinstance(sample_size, int):
+            self.register_to_config(sample_size=_sample_size(height, width))  # tuples would reload as lists
         self.data_shape: tuple[int, int, int] = (int(in_channels), height, width)
         if trained_betas is not None:
             # JSON-safe in the saved config.
@@ -491,7 +498,7 @@ class GaussianDenoiser(AnalyticDenoiser):
     def from_diag(cls, mean: Tensor, variance: Tensor, **kwargs: Any) -> "GaussianDenoiser":
         """N(mean, diag(variance)); mean, variance (C, H, W). kwargs: schedule and prediction_type."""
         c, h, w = _floating(mean, "mean").shape
-        return cls(sample_size=(h, w) if h != w else h, in_channels=c, covariance_type="diag",
+        return cls(sample_size=_sample_size(h, w), in_channels=c, covariance_type="diag",
                    mean=mean, variance=variance, **kwargs)
 
     @classmethod
@@ -499,14 +506,14 @@ class GaussianDenoiser(AnalyticDenoiser):
         """N(mean, diag(variance) + U·Uᵀ); mean, variance (C, H, W), factor U (C·H·W, rank)."""
         c, h, w = _floating(mean, "mean").shape
         rank = torch.as_tensor(factor).shape[-1]
-        return cls(sample_size=(h, w) if h != w else h, in_channels=c, covariance_type="lowrank", rank=rank,
+        return cls(sample_size=_sample_size(h, w), in_channels=c, covariance_type="lowrank", rank=rank,
                    mean=mean, variance=variance, factor=factor, **kwargs)
 
     @classmethod
     def from_spectrum(cls, spectrum: Tensor, mean: Tensor | None = None, **kwargs: Any) -> "GaussianDenoiser":
         """Stationary N(mean, F⁻¹·diag(spectrum)·F); spectrum (C, H, W) in ``torch.fft.fft2`` frequency order."""
         c, h, w = torch.as_tensor(spectrum).shape
-        return cls(sample_size=(h, w) if h != w else h, in_channels=c, covariance_type="fourier",
+        return cls(sample_size=_sample_size(h, w), in_channels=c, covariance_type="fourier",
                    mean=mean, spectrum=spectrum, **kwargs)
 
     @classmethod
@@ -669,7 +676,7 @@ class GMMDenoiser(AnalyticDenoiser):
         k, c, h, w = torch.as_tensor(means).shape
         var = torch.as_tensor(variances)
         kind = "isotropic" if var.ndim == 1 else "diagonal"
-        return cls(sample_size=(h, w) if h != w else h, in_channels=c, num_components=k, covariance_type=kind,
+        return cls(sample_size=_sample_size(h, w), in_channels=c, num_components=k, covariance_type=kind,
                    weights=weights, means=means, variances=variances, **kwargs)
 
     def _component_variances64(self, device: torch.device) -> Tensor:
@@ -761,7 +768,7 @@ class EmpiricalDenoiser(AnalyticDenoiser):
     def from_images(cls, images: Tensor, **kwargs: Any) -> "EmpiricalDenoiser":
         """Empirical distribution of images (N, C, H, W). kwargs: chunk_size, schedule, prediction_type."""
         n, c, h, w = torch.as_tensor(images).shape
-        return cls(sample_size=(h, w) if h != w else h, in_channels=c, num_images=n, images=images, **kwargs)
+        return cls(sample_size=_sample_size(h, w), in_channels=c, num_images=n, images=images, **kwargs)
 
     @classmethod
     def digits(cls, size: int = 16, split: str = "train", **kwargs: Any) -> "EmpiricalDenoiser":

@@ -1,0 +1,95 @@
+"""Wall time of a full sampling loop: each LML scheduler against its diffusers parent, same model, same NFE.
+
+Timings on shared cores are noisy, so runs of parent and child alternate, each configuration is repeated, and the
+README reports the median of the per-pair ratios from one run of this script:
+
+    python benchmarks/scheduler_overhead.py --repeats 7 --readme
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
+
+from lml_sampler import LMLDDIMScheduler, LMLDPMSolverMultistepScheduler, LMLFlowMatchEulerDiscreteScheduler
+
+CASES = [
+    ("DDIM", DDIMScheduler, LMLDDIMScheduler, {}),
+    ("DPM-Solver++ 2M", DPMSolverMultistepScheduler, LMLDPMSolverMultistepScheduler, {}),
+    ("DPM-Solver 3 (noise)", DPMSolverMultistepScheduler, LMLDPMSolverMultistepScheduler,
+     dict(solver_order=3, algorithm_type="dpmsolver", final_sigmas_type="sigma_min")),
+    ("Flow-matching Euler", FlowMatchEulerDiscreteScheduler, LMLFlowMatchEulerDiscreteScheduler, {}),
+]
+
+
+def build_model(size: int) -> UNet2DModel:
+    """A ~1 M-parameter UNet like the bundled digits model (random weights: the timing does not depend on them)."""
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=size, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3, norm_num_groups=8,
+    ).eval()
+
+
+@torch.no_grad()
+def sample_loop(model, scheduler, x: torch.Tensor, steps: int) -> float:
+    scheduler.set_timesteps(steps)
+    start = time.perf_counter()
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(x, t).sample, t, x).prev_sample
+    return time.perf_counter() - start
+
+
+def measure(batch: int, size: int, steps: int, repeats: int, lamb: float, kappa: float) -> list[dict]:
+    model = build_model(size)
+    x = torch.randn(batch, 1, size, size, generator=torch.Generator().manual_seed(0))
+    rows = []
+    for name, parent, child, cfg in CASES:
+        base, lml = parent(**cfg), child(**cfg, lamb=lamb, kappa=kappa)
+        sample_loop(model, base, x, steps), sample_loop(model, lml, x, steps)  # warm-up
+        ratios, t_base, t_lml = [], [], []
+        for _ in range(repeats):
+            a, b = sample_loop(model, base, x, steps), sample_loop(model, lml, x, steps)
+            t_base.append(a), t_lml.append(b), ratios.append(b / a)
+        rows.append(dict(scheduler=name, parent_s=statistics.median(t_base), lml_s=statistics.median(t_lml),
+                         ratio=statistics.median(ratios)))
+    return rows
+
+
+def to_markdown(rows: list[dict], args) -> str:
+    lines = [
+        f"Full {args.steps}-step loop, batch {args.batch} of 1×{args.size}×{args.size}, a ~1 M-parameter UNet2DModel, "
+        f"CPU ({torch.get_num_threads()} threads), LM active (λ={args.lamb}, κ={args.kappa}); median of "
+        f"{args.repeats} alternating repeats. Regenerate: `python benchmarks/scheduler_overhead.py --readme`.",
+        "",
+        "| scheduler | parent (s) | LML (s) | LML / parent |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r['scheduler']} | {r['parent_s']:.3f} | {r['lml_s']:.3f} | {r['ratio']:.3f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--lamb", type=float, default=1e-2)
+    parser.add_argument("--kappa", type=float, default=0.1)
+    parser.add_argument("--readme", action="store_true", help="write the README section 'overhead'")
+    args = parser.parse_args()
+    md = to_markdown(measure(args.batch, args.size, args.steps, args.repeats, args.lamb, args.kappa), args)
+    print(md)
+    if args.readme:
+        from scripts.readme_section import update_readme_section
+
+        update_readme_section("overhead", md)
+
+
+if __name__ == "__main__":
+    main()
