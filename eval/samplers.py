@@ -4,7 +4,7 @@
 |---|---|---|
 | ``ddim`` | ``DDIMScheduler`` | ``timestep_spacing="trailing"`` (leading spacing never visits t=T−1 at low NFE) |
 | ``dpm++2m`` / ``dpm++3m`` | ``DPMSolverMultistepScheduler`` | ``algorithm_type="dpmsolver++"``, ``solver_order=2/3`` |
-| ``dpm`` | ``DPMSolverMultistepScheduler`` | ``algorithm_type="dpmsolver"`` (noise prediction), ``solver_order=3`` — the official LML CIFAR-10 baseline |
+| ``dpm`` | ``DPMSolverMultistepScheduler`` | ``algorithm_type="dpmsolver"`` (noise prediction), ``solver_order=3``, ``final_sigmas_type="sigma_min"`` — the official LML CIFAR-10 baseline |
 | ``unipc`` | ``UniPCMultistepScheduler`` | — |
 | ``euler`` | ``EulerDiscreteScheduler`` | — |
 | ``flow-euler`` | ``FlowMatchEulerDiscreteScheduler`` | — (flow-matching models only) |
@@ -22,7 +22,9 @@ _BASE: dict[str, tuple[str, str, dict[str, Any]]] = {
     "ddim": ("diffusers", "DDIMScheduler", {"timestep_spacing": "trailing"}),
     "dpm++2m": ("diffusers", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "dpm++3m": ("diffusers", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 3}),
-    "dpm": ("diffusers", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver", "solver_order": 3}),
+    # final_sigmas_type="sigma_min": diffusers refuses "zero" for the noise-prediction algorithm
+    "dpm": ("diffusers", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver", "solver_order": 3,
+                                                         "final_sigmas_type": "sigma_min"}),
     "unipc": ("diffusers", "UniPCMultistepScheduler", {}),
     "euler": ("diffusers", "EulerDiscreteScheduler", {}),
     "flow-euler": ("diffusers", "FlowMatchEulerDiscreteScheduler", {}),

@@ -231,9 +231,9 @@ def train_ddpm(
             "samples_seen": step * cfg.batch_size,
             "hardware": "CPU, torch.set_num_threads(1), shared 2-core machine",
             "torch": torch.__version__,
-            "config": {k: v for k, v in asdict(cfg).items() if k not in ("extra",)} | cfg.extra,
+            "config": {k: v for k, v in asdict(cfg).items() if k not in ("extra",)},
             "loss_history": history[-200:],
-        }
+        } | cfg.extra
 
     def save_ckpt() -> None:
         atomic_torch_save(

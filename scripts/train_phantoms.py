@@ -30,6 +30,13 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from train_digits import TrainConfig, train_ddpm  # noqa: E402  (shared loop)
 
+MRI_NOTE = (
+    "The 2-channel complex MRI variant ('phantoms-complex', `--complex`: real/imag of the phantom times a smooth "
+    "random phase) was not trained: the shared 2-core CPU (about half a core per job under load) went to this "
+    "magnitude model, which CT needs and MRI can use on real-valued (zero-phase) phantoms, where the complex "
+    "image is its real part. Train it with `python scripts/train_phantoms.py --complex --minutes 90` when CPU allows."
+)
+
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             else f"random_ellipse_phantoms {args.size}x{args.size} mapped [0,1] -> [-1,1]"
         )
         + f", pool {args.pool} refreshed {args.refresh}/100 steps, random flips",
+        extra={} if args.complex else {"mri_note": MRI_NOTE},
     )
     # The pool is seeded from (seed, step) so a resumed run continues with fresh, reproducible phantoms.
     state: dict = {}

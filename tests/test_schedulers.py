@@ -16,7 +16,7 @@ PAIRS = [
     (DPMSolverMultistepScheduler, LMLDPMSolverMultistepScheduler),
     (FlowMatchEulerDiscreteScheduler, LMLFlowMatchEulerDiscreteScheduler),
 ]
-LM_KEYS = {"lamb", "kappa", "lm", "freeze", "lm_formula"}
+LM_KEYS = {"lamb", "kappa", "lm", "freeze", "lm_formula", "lm_rank", "lm_gamma"}
 ACTIVE = dict(lamb=1e-2, kappa=0.3)  # a genuinely non-identity correction
 
 
@@ -193,9 +193,9 @@ def test_reuse_across_runs_and_batch_sizes_equals_a_fresh_instance(parent, child
 def test_set_timesteps_resets_the_lm_state(parent, child):
     sched = child(**ACTIVE)
     loop(sched, steps=3)
-    assert sched._lm_prev is not None
+    assert len(sched._lm_history) == 1
     sched.set_timesteps(3)
-    assert sched._lm_prev is None
+    assert sched._lm_history == []
 
 
 @pytest.mark.parametrize("parent,child", PAIRS)
@@ -239,7 +239,11 @@ def test_no_printing(capsys):
 
 @pytest.mark.parametrize("parent,child", PAIRS)
 def test_bad_config_raises_clear_errors(parent, child):
-    for kw, word in [(dict(lamb=-1.0), "lamb"), (dict(kappa=2.0), "kappa"), (dict(freeze=1.5), "freeze"), (dict(lm_formula="x"), "formula")]:
+    for kw, word in [
+        (dict(lamb=-1.0), "lamb"), (dict(kappa=2.0), "kappa"), (dict(freeze=1.5), "freeze"), (dict(lm_formula="x"), "formula"),
+        (dict(lm_rank=0), "lm_rank"), (dict(lm_gamma=-1.0, kappa=0.1), "lm_gamma"), (dict(lm_gamma=1.0), "kappa"),
+        (dict(lm_rank=2, lm_formula="official"), "official"),
+    ]:
         with pytest.raises(ValueError, match=word):
             child(**kw)
 
@@ -256,3 +260,22 @@ def test_low_precision_models(parent, child):
         out = loop(child(**ACTIVE), sample=sample.to(dtype))
         assert out.dtype == dtype and torch.isfinite(out).all()
         assert rel(out, ref) < 40 * unit
+
+
+@pytest.mark.parametrize("parent,child", PAIRS)
+def test_rank_k_and_gamma_modes(parent, child):
+    base = loop(child(**ACTIVE))
+    sched = child(lm_rank=3, **ACTIVE)
+    rank3 = loop(sched)
+    assert len(sched._lm_history) == 3 and torch.isfinite(rank3).all()
+    assert rel(rank3, base) > 1e-4  # older vectors change the curvature
+    # γ mode: λ = κ‖v‖²/γ per sample; equal γ and per-sample λ reproduce the (λ, κ) run where they coincide.
+    gamma = loop(child(kappa=0.3, lm_gamma=0.5))
+    assert torch.isfinite(gamma).all() and rel(gamma, loop(parent())) > 1e-4
+    # Scale-free: the γ correction of a batch does not depend on how the other samples are scaled.
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    scaled = x.clone()
+    scaled[1] *= 10
+    a = loop(child(kappa=0.3, lm_gamma=0.5), sample=x)
+    b = loop(child(kappa=0.3, lm_gamma=0.5), sample=scaled)
+    torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-6)

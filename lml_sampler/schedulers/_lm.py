@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from ..math.lm import LM_FORMULAS, check_lm_params, lm_correct
+from ..math.lowrank import gamma_to_lamb, lm_direction
 
 LM_CONFIG_DEFAULTS: dict[str, object] = {
     "lamb": 1.0,
@@ -20,6 +21,8 @@ LM_CONFIG_DEFAULTS: dict[str, object] = {
     "lm": True,
     "freeze": 0.0,
     "lm_formula": "stable",
+    "lm_rank": 1,
+    "lm_gamma": None,
 }
 
 LM_CONFIG_DOC = """
@@ -38,6 +41,12 @@ LM_CONFIG_DOC = """
         lm_formula (`"stable"` or `"official"`, defaults to `"stable"`):
             `"stable"`: the operator evaluated in float64 without cancellation. `"official"`: the released float32
             expression, rounding noise included (lml.md §5), for reproduction studies.
+        lm_rank (`int`, defaults to 1):
+            Number k of previous vectors in H = λI + Σ_j u_j u_jᵀ, u_j = κ·p_j + (1 − κ)·v (Woodbury, stable form of
+            `lml_sampler.math.lowrank.lm_direction`). 1 is the released operator. Costs O(k²·d) per step, no NFE.
+        lm_gamma (`float`, *optional*):
+            Scale-free strength γ = κ‖v‖²/λ. When set, λ is chosen per sample and step as κ‖v‖²/γ (`lamb` is
+            ignored), so one γ transfers across models, resolutions, guidance scales and step counts. Needs κ > 0.
 """
 
 
@@ -88,19 +97,26 @@ def split_lm_kwargs(kwargs: dict) -> dict:
 class LMStateMixin:
     """Per-run LM state (the previous pre-correction vector) and the gate that decides whether a step is corrected."""
 
-    _lm_prev: torch.Tensor | None = None
+    _lm_history: list[torch.Tensor] = []
 
     def _init_lm(self) -> None:
-        check_lm_params(self.config.lamb, self.config.kappa, self.config.lm_formula)
+        config = self.config
+        check_lm_params(config.lamb, config.kappa, config.lm_formula)
+        if not isinstance(config.lm_rank, int) or isinstance(config.lm_rank, bool) or config.lm_rank < 1:
+            raise ValueError(f"lm_rank must be an int >= 1 (the number of previous vectors), got {config.lm_rank!r}")
+        if config.lm_gamma is not None:
+            gamma_to_lamb(torch.ones(1, 1), config.kappa or float("nan"), config.lm_gamma)  # validates γ and κ
+        if config.lm_formula == "official" and (config.lm_rank != 1 or config.lm_gamma is not None):
+            raise ValueError("lm_formula='official' is the released rank-1 (λ, κ) operator: use lm_rank=1, lm_gamma=None")
         freeze = self.config.freeze
         if not isinstance(freeze, (int, float)) or not 0.0 <= freeze <= 1.0:
             raise ValueError(f"freeze must be a fraction in [0, 1] of the noisiest steps left uncorrected, got {freeze!r}")
         if not isinstance(self.config.lm, bool):
             raise TypeError(f"lm must be a bool, got {self.config.lm!r}")
-        self._lm_prev = None
+        self._lm_history = []
 
     def _reset_lm_state(self) -> None:
-        self._lm_prev = None
+        self._lm_history = []
 
     @property
     def lm_engaged(self) -> bool:
@@ -121,12 +137,16 @@ class LMStateMixin:
         one is in ``v.dtype``, as released. The previous vector is the *pre-correction* one, stored at every step
         (frozen ones included), as in the released code.
         """
-        prev, self._lm_prev = self._lm_prev, v
-        if self._is_frozen(step_index) or (prev is None and self.config.lm_formula == "stable"):
+        config = self.config
+        history, self._lm_history = self._lm_history, [v] + self._lm_history[: config.lm_rank - 1]
+        if self._is_frozen(step_index) or (not history and config.lm_formula == "stable"):
             return None
-        if self.config.lm_formula == "stable":
-            v, prev = v.double(), prev.double()
-        return lm_correct(v, prev, lamb=self.config.lamb, kappa=self.config.kappa, formula=self.config.lm_formula)
+        if config.lm_formula == "official":
+            return lm_correct(v, history[0] if history else None, lamb=config.lamb, kappa=config.kappa, formula="official")
+        if config.lm_rank == 1 and config.lm_gamma is None:
+            return lm_correct(v.double(), history[0].double(), lamb=config.lamb, kappa=config.kappa)
+        lamb = config.lamb if config.lm_gamma is None else gamma_to_lamb(v, config.kappa, config.lm_gamma)
+        return lm_direction(v, history, lamb, config.kappa)
 
 
 __all__ = ["LM_CONFIG_DEFAULTS", "LM_CONFIG_DOC", "LM_FORMULAS", "LMStateMixin", "extend_init_signature", "same_signature_as", "split_lm_kwargs"]
