@@ -128,10 +128,10 @@ def test_sweep_on_a_pipeline_folder_with_reports(tmp_path, tiny_pipe):
     stamp = (cell / "result.json").stat().st_mtime_ns
     assert run_sweep(cfg) == rows and (cell / "result.json").stat().st_mtime_ns == stamp
     # README section writer, on a copy of the README
-    (tmp_path / "README.md").write_text("x\n<!-- BEGIN: sweep -->\nold\n<!-- END: sweep -->\ny\n")
+    (tmp_path / "README.md").write_text("x\n<!-- BEGIN: sweep -->\nOLD-CONTENT\n<!-- END: sweep -->\ny\n")
     update_readme(rows, out, repo_root=tmp_path)
     text = (tmp_path / "README.md").read_text()
-    assert "old" not in text and "![FID vs NFE](docs/images/fid_vs_nfe.png)" in text and "| lml-ddim" in text
+    assert "OLD-CONTENT" not in text and "![FID vs NFE](docs/images/fid_vs_nfe.png)" in text and "| lml-ddim" in text
     assert (tmp_path / "docs" / "images" / "fid_vs_nfe.png").is_file()
 
 

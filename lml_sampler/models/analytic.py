@@ -31,25 +31,26 @@ Models:
   DFT basis). ``GaussianDenoiser.stationary()`` is the discriminating benchmark of ``spec/benchmarks.md``.
 * ``GMMDenoiser``: a mixture of Gaussians with isotropic or diagonal covariances.
 * ``EmpiricalDenoiser``: the empirical distribution of a finite image set; ``EmpiricalDenoiser.digits()`` uses
-  ``digits_dataset()`` (sklearn's bundled 8×8 digits, upsampled), the preprocessing shared with the bundled models and
-  the domain FID.
+  ``digits_dataset()`` (sklearn's bundled 8×8 digits, upsampled; re-exported from ``lml_sampler.data.digits``), the
+  preprocessing shared with the bundled models and the domain FID.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from torch import Tensor
+
+# Re-exported: the one preprocessing shared by the bundled digits models, the domain FID and EmpiricalDenoiser.digits.
+from ..data.digits import digits_dataset
 
 __all__ = [
     "AnalyticDenoiser",
@@ -772,7 +773,8 @@ class EmpiricalDenoiser(AnalyticDenoiser):
 
     @classmethod
     def digits(cls, size: int = 16, split: str = "train", **kwargs: Any) -> "EmpiricalDenoiser":
-        """Empirical distribution of ``digits_dataset(size, split)`` (1437 train / 360 test images in [-1, 1])."""
+        """Empirical distribution of ``digits_dataset(size, split)`` (``lml_sampler.data.digits``: 1438 "train" /
+        359 "test" images in [-1, 1]); its training-set truth is exactly the bundled digits models' training data."""
         return cls.from_images(digits_dataset(size, split), **kwargs)
 
     def _posterior_mean(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
@@ -791,39 +793,3 @@ class EmpiricalDenoiser(AnalyticDenoiser):
     def _sample_data(self, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
         idx = torch.randint(self.images.shape[0], (n,), generator=generator, device=device)
         return self._buffer64("images", device)[idx]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Digits data set
-# ----------------------------------------------------------------------------------------------------------------------
-
-DIGITS_SPLIT_SEED = 0
-DIGITS_TRAIN_FRACTION = 0.8
-
-
-@functools.lru_cache(maxsize=8)
-def _digits_cached(size: int, split: str) -> Tensor:
-    from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
-
-    raw = torch.as_tensor(load_digits().images, dtype=torch.float64)  # (1797, 8, 8), values 0..16
-    x = (raw / 8.0 - 1.0)[:, None]  # [-1, 1]
-    if size != 8:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
-    n_train = int(DIGITS_TRAIN_FRACTION * x.shape[0])
-    idx = perm[:n_train] if split == "train" else perm[n_train:]
-    return x[idx].to(torch.float32).contiguous()
-
-
-def digits_dataset(size: int = 16, split: str = "train") -> Tensor:
-    """sklearn's bundled 8×8 digits as (N, 1, size, size) float32 in [-1, 1]: the shared preprocessing.
-
-    Pixel values v ∈ {0 … 16} map to v/8 − 1, then bilinear upsampling (``align_corners=False``, in float64) to
-    size×size. Split: a fixed permutation (``torch.randperm`` seeded with 0) of the 1797 images; the first
-    ⌊0.8·1797⌋ = 1437 are "train", the other 360 "test".
-    """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if not isinstance(size, int) or size < 8:
-        raise ValueError(f"size must be an int >= 8, got {size!r}")
-    return _digits_cached(size, split).clone()
