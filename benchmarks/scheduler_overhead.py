@@ -44,6 +44,16 @@ def sample_loop(model, scheduler, x: torch.Tensor, steps: int) -> float:
     return time.perf_counter() - start
 
 
+@torch.no_grad()
+def step_only(scheduler, x: torch.Tensor, eps: torch.Tensor, steps: int) -> float:
+    """Seconds per `step` call alone, with a fixed model output: the scheduler's own cost."""
+    scheduler.set_timesteps(steps)
+    start = time.perf_counter()
+    for t in scheduler.timesteps:
+        x = scheduler.step(eps, t, x).prev_sample
+    return (time.perf_counter() - start) / steps
+
+
 def measure(batch: int, size: int, steps: int, repeats: int, lamb: float, kappa: float) -> list[dict]:
     model = build_model(size)
     x = torch.randn(batch, 1, size, size, generator=torch.Generator().manual_seed(0))
@@ -55,8 +65,12 @@ def measure(batch: int, size: int, steps: int, repeats: int, lamb: float, kappa:
         for _ in range(repeats):
             a, b = sample_loop(model, base, x, steps), sample_loop(model, lml, x, steps)
             t_base.append(a), t_lml.append(b), ratios.append(b / a)
+        eps = 0.9 * x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+        step_base = statistics.median(step_only(base, x, eps, steps) for _ in range(5 * repeats))
+        step_lml = statistics.median(step_only(lml, x, eps, steps) for _ in range(5 * repeats))
         rows.append(dict(scheduler=name, parent_s=statistics.median(t_base), lml_s=statistics.median(t_lml),
-                         ratio=statistics.median(ratios)))
+                         ratio=statistics.median(ratios), step_parent_ms=1e3 * step_base, step_lml_ms=1e3 * step_lml,
+                         model_ms=1e3 * statistics.median(t_base) / steps))
     return rows
 
 
@@ -66,10 +80,14 @@ def to_markdown(rows: list[dict], args) -> str:
         f"CPU ({torch.get_num_threads()} threads), LM active (λ={args.lamb}, κ={args.kappa}); median of "
         f"{args.repeats} alternating repeats. Regenerate: `python benchmarks/scheduler_overhead.py --readme`.",
         "",
-        "| scheduler | parent (s) | LML (s) | LML / parent |",
-        "|---|---|---|---|",
+        "| scheduler | parent loop (s) | LML loop (s) | LML / parent | parent step (ms) | LML step (ms) | step + model (ms) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r['scheduler']} | {r['parent_s']:.3f} | {r['lml_s']:.3f} | {r['ratio']:.3f} |" for r in rows]
+    lines += [
+        f"| {r['scheduler']} | {r['parent_s']:.3f} | {r['lml_s']:.3f} | {r['ratio']:.3f} | {r['step_parent_ms']:.2f} "
+        f"| {r['step_lml_ms']:.2f} | {r['model_ms']:.1f} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 

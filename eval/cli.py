@@ -4,7 +4,8 @@
     lml-eval stats digits:test --out ref.npz --extractor digits-features
     lml-eval stats path/to/images --out ref.npz          # Inception (needs the [inception] extra + weights)
     lml-eval fid path/to/samples ref.npz                 # folder (or .npz statistics) vs statistics
-    accelerate launch --num_processes 2 -m eval.cli sweep --out runs/sweep   # sharded across processes
+    accelerate launch --multi_gpu --num_processes 2 -m eval.cli sweep --out runs/sweep   # sharded (GPUs or CPU)
+    torchrun --nproc_per_node 2 -m eval.cli sweep --out runs/sweep                      # the same with torchrun
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def cmd_sweep(args) -> int:
     rows = run_sweep(cfg)
     from .generate import dist_info
 
-    if dist_info().is_main:
+    if dist_info(cpu=str(args.device) == "cpu").is_main:
         print((Path(args.out) / "results.md").read_text())
         if args.readme:
             image = update_readme(rows, args.out, command="lml-eval sweep " + " ".join(sys.argv[2:]))
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nfe", type=lambda t: _parse_list(t, int), default=DEFAULT_NFE, help="comma list (default 5,10,20)")
     s.add_argument("--seed", type=int, default=0, help="seed set: sample i uses the seed hash(seed, i)")
     s.add_argument("--num-samples", type=int, default=None,
-                   help="samples per cell (default: 1000 domain FID, 4000 exact, 10000 Inception)")
+                   help="samples per cell (default: 500 domain FID, 2000 exact, 10000 Inception)")
     s.add_argument("--shard-size", type=int, default=250, help="samples per shard file (the unit of resumption)")
     s.add_argument("--lamb", type=float, default=None, help="LML λ (default: the scheduler's)")
     s.add_argument("--kappa", type=float, default=None, help="LML κ (default: the scheduler's)")

@@ -41,18 +41,20 @@ __all__ = [
 ]
 
 
-def sample_seed(seed: int, index: int) -> int:
+def sample_seed(seed: int, index: int, stream: int = 0) -> int:
     """63-bit seed of sample ``index`` in seed set ``seed`` (numpy SeedSequence hash: no collisions between nearby
-    ``(seed, index)`` pairs, unlike ``seed + index``)."""
-    if seed < 0 or index < 0:
-        raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
-    hi, lo = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint32)
+    ``(seed, index)`` pairs, unlike ``seed + index``). ``stream > 0`` gives further independent streams of the same
+    sample (per-step noise of an own sampling loop)."""
+    if seed < 0 or index < 0 or stream < 0:
+        raise ValueError(f"seed, index and stream must be >= 0, got {seed}, {index}, {stream}")
+    entropy = [int(seed), int(index)] + ([int(stream)] if stream else [])
+    hi, lo = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
     return ((int(hi) << 32) | int(lo)) & ((1 << 63) - 1)
 
 
-def sample_generators(seed: int, indices, device: str | torch.device = "cpu") -> list[torch.Generator]:
+def sample_generators(seed: int, indices, device: str | torch.device = "cpu", stream: int = 0) -> list[torch.Generator]:
     """One ``torch.Generator`` per sample index (diffusers pipelines accept such a list as ``generator=``)."""
-    return [torch.Generator(device=device).manual_seed(sample_seed(seed, int(i))) for i in indices]
+    return [torch.Generator(device=device).manual_seed(sample_seed(seed, int(i), stream)) for i in indices]
 
 
 def initial_noise(seed: int, indices, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
@@ -77,8 +79,11 @@ class ModelSampler:
 
     @torch.no_grad()
     def __call__(self, indices) -> dict[str, np.ndarray]:
-        x_T = initial_noise(self.seed, indices, self.sample_shape, dtype=self.dtype)
-        gens = sample_generators(self.seed + 1_000_003, indices)  # per-step noise: a stream distinct from x_T's
+        # drawn on the CPU and moved: the same samples on every device
+        device = next((b.device for b in self.model.buffers()), torch.device("cpu")) \
+            if isinstance(self.model, torch.nn.Module) else torch.device("cpu")
+        x_T = initial_noise(self.seed, indices, self.sample_shape, dtype=self.dtype).to(device)
+        gens = sample_generators(self.seed, indices, stream=1)  # per-step noise: a stream distinct from x_T's
         x0, self.nfe = sample_loop(self.model, self.scheduler, x_T, self.steps, generator=gens)
         out = {"raw": x0.float().cpu().numpy()}
         if x0.ndim == 4:
@@ -106,7 +111,8 @@ class PipelineSampler:
     @torch.no_grad()
     def __call__(self, indices) -> dict[str, np.ndarray]:
         self.pipe.scheduler = self.scheduler
-        gens = sample_generators(self.seed, indices, device=getattr(self.pipe, "device", "cpu"))
+        # CPU generators: diffusers' randn_tensor draws on the CPU and moves, so samples do not depend on the device
+        gens = sample_generators(self.seed, indices)
         kwargs = dict(self.pipe_kwargs, generator=gens, num_inference_steps=self.steps, output_type="np")
         if self.prompts is not None:
             kwargs["prompt"] = [self.prompts[int(i) % len(self.prompts)] for i in indices]
@@ -137,12 +143,23 @@ class DistInfo:
         return self.rank == 0
 
 
-def dist_info() -> DistInfo:
-    """Process info from ``accelerate.PartialState`` if several processes were launched, else a single process."""
+def dist_info(cpu: bool | None = None) -> DistInfo:
+    """Process info from ``accelerate.PartialState`` when several processes were launched, else a single process.
+
+    ``cpu`` (default: no CUDA, or ``ACCELERATE_USE_CPU`` set) makes accelerate use the gloo backend
+    (``DistributedType.MULTI_CPU``). Launch CPU processes with ``accelerate launch --multi_gpu --num_processes 2``
+    or ``torchrun --nproc_per_node 2``: ``accelerate launch --cpu --num_processes 2`` starts one process unless
+    an MPI hostfile is given.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or torch.distributed.is_initialized():
         from accelerate import PartialState
 
-        state = PartialState()
+        if cpu is None:
+            cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+        state = PartialState(cpu=cpu)
+        if state.num_processes != int(os.environ.get("WORLD_SIZE", state.num_processes)):
+            raise RuntimeError(f"accelerate sees {state.num_processes} processes but WORLD_SIZE is "
+                               f"{os.environ['WORLD_SIZE']}: each process would redo the whole run")
         return DistInfo(state.process_index, state.num_processes, state.wait_for_everyone)
     return DistInfo()
 

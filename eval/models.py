@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,10 +119,11 @@ def load_eval_model(spec: str, extractor: str | None = None, inception_weights: 
             desc, linear = "N(0, Σ), stationary 1/|f|² spectrum, trace 64", True
         den = den.to(device)
 
+        @functools.lru_cache(maxsize=None)
         def floor(n: int, den=den, truth=truth) -> float:
             from .fid import frechet_distance
 
-            xs = den.sample_data(n, torch.Generator(device=den.device).manual_seed(12345), dtype=torch.float64)
+            xs = den.sample_data(n, torch.Generator().manual_seed(12345), dtype=torch.float64)
             return frechet_distance(compute_statistics(xs.reshape(n, -1).cpu()), truth)
 
         sched = {"_class_name": "DDPMScheduler", "clip_sample": False,
@@ -165,8 +167,20 @@ def load_eval_model(spec: str, extractor: str | None = None, inception_weights: 
 
             return _cached_stats(cache, f"digits-test_{name}", compute, extractor=name, source="digits_dataset(16,test)")
 
+        @functools.lru_cache(maxsize=None)
+        def floor(n: int, ext=ext) -> float:
+            """FID of n real *train* digits (a random subset, with repeats past 1438) vs the test statistics."""
+            from lml_sampler.data.digits import digits_dataset
+
+            from .fid import fid_from_features
+
+            train = quantize_uint8(digits_dataset(16, "train"))
+            idx = torch.randint(train.shape[0], (n,), generator=torch.Generator().manual_seed(0)) \
+                if n > train.shape[0] else torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(0))[:n]
+            return fid_from_features(extract_features(ext, train[idx]), reference())
+
         return EvalModel(spec, "pipeline", "domain-fid", sched_cfg, pipe=pipe, extractor=ext, extractor_name=name,
-                         reference=reference, reference_desc="359 held-out real digits (test split)",
+                         reference=reference, reference_desc="359 held-out real digits (test split)", floor=floor,
                          pipe_kwargs=pipe_kwargs, is_flow=is_flow)
 
     name = extractor or "inception"

@@ -67,7 +67,8 @@ def markdown_table(rows: list[dict]) -> str:
         head += f", extractor `{r0.get('extractor')}`" if r0["metric"] != "exact-fd" else ""
         head += f", N = {n} samples per cell" if n else ""
         if floors:
-            head += f"; Monte-Carlo floor (N exact samples) = {_fmt(max(floors))}"
+            what = "N exact samples" if r0["metric"] == "exact-fd" else "N real training images"
+            head += f"; floor ({what}) = {_fmt(max(floors))}"
         out += [head, "", "| sampler | " + " | ".join(f"NFE {k}" for k in nfes) + f" | s/sample (NFE {nfes[-1]}) |",
                 "|---|" + "---|" * (len(nfes) + 1)]
         for s in samplers:
@@ -107,7 +108,7 @@ def plot_fid_vs_nfe(rows: list[dict], path: str | os.PathLike) -> None:
                 ax.plot(x, np.maximum(y, 1e-12), marker="o", ls="--" if s.startswith("lml-") else "-", label=s)
         floors = [r.get("floor") for r in mrows if r.get("floor")]
         if floors:
-            ax.axhline(max(floors), color="grey", lw=0.8, ls=":", label="MC floor")
+            ax.axhline(max(floors), color="grey", lw=0.8, ls=":", label="floor (real/exact data)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         nfes = sorted({r["nfe"] for r in mrows})

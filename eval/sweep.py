@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .exact import linear_sampler_distance
-from .fid import frechet_distance
+from .fid import frechet_distance, save_statistics
 from .generate import DistInfo, ModelSampler, PipelineSampler, dist_info, run_shards, shard_statistics, write_manifest
 from .models import EvalModel, load_eval_model
 from .samplers import is_flow_sampler, is_lml, make_scheduler, sampler_label
@@ -38,8 +38,9 @@ class SweepConfig:
     nfe: tuple[int, ...] = DEFAULT_NFE
     seed: int = 0
     num_samples: int | None = None
-    default_samples: dict[str, int] = field(default_factory=lambda: {"domain-fid": 1000, "inception-fid": 10000,
-                                                                      "exact-fd": 4000})
+    # sized so that the default sweep takes a few minutes on 2 CPU cores; floors are reported at the same N
+    default_samples: dict[str, int] = field(default_factory=lambda: {"domain-fid": 500, "inception-fid": 10000,
+                                                                      "exact-fd": 2000})
     batch_size: int = 250
     shard_size: int = 250
     lamb: float | None = None
@@ -139,6 +140,7 @@ def run_cell(model: EvalModel, sampler: str, nfe: int, cfg: SweepConfig, dist: D
     if dist.is_main:
         if totals["count"] != n or gen_stats.n != n:
             raise RuntimeError(f"{cell}: expected {n} samples, statistics hold {gen_stats.n} ({totals['count']})")
+        save_statistics(cell / "statistics.npz", gen_stats, extractor=model.extractor_name or "pixels")
         row.update(fid=frechet_distance(gen_stats, reference), num_samples=n,
                    floor=model.floor(n) if model.floor is not None else None,
                    nfe_measured=totals["nfe"], seconds_per_sample=totals["seconds"] / n,
@@ -156,7 +158,7 @@ def run_sweep(cfg: SweepConfig, write_reports: bool = True) -> list[dict]:
 
     from . import report
 
-    dist = dist_info()
+    dist = dist_info(cpu=str(cfg.device) == "cpu")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     prompts = Path(cfg.prompts).read_text().splitlines() if cfg.prompts else None

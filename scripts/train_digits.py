@@ -154,8 +154,13 @@ def preview_grid(unet, cfg: TrainConfig, path: Path, n: int = 64, steps: int = 5
     save_grid(x.clamp(-1, 1), path)
 
 
-def save_grid(x: torch.Tensor, path: Path, nrow: int | None = None, value_range=(-1.0, 1.0)) -> None:
-    """Save ``(N, C, H, W)`` images as a grey PNG grid (magnitude if C == 2) without torchvision."""
+def save_grid(
+    x: torch.Tensor, path: Path, nrow: int | None = None, value_range=(-1.0, 1.0), scale: int = 4
+) -> None:
+    """Save ``(N, C, H, W)`` images as a grey PNG grid (magnitude if C == 2) without torchvision.
+
+    ``scale`` enlarges pixels (nearest neighbour) so that 16x16 images stay visible in a README.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,6 +181,8 @@ def save_grid(x: torch.Tensor, path: Path, nrow: int | None = None, value_range=
     for i in range(n):
         r, c = divmod(i, nrow)
         canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = x[i]
+    if scale > 1:
+        canvas = canvas.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     plt.imsave(path, canvas.numpy(), cmap="gray", vmin=0.0, vmax=1.0)

@@ -28,7 +28,7 @@ from typing import Literal
 
 import torch
 
-from .reductions import batch_sq_norm, batch_vdot, per_sample, sample_dims
+from .reductions import sample_dims
 
 LMFormula = Literal["stable", "official"]
 LM_FORMULAS: tuple[str, ...] = ("stable", "official")
@@ -92,17 +92,24 @@ def lm_correct(
 
 
 def _lm_stable(v: torch.Tensor, prev: torch.Tensor, lamb: float, kappa: float) -> torch.Tensor:
-    q = prev - v
-    vv = batch_sq_norm(v)
-    c = torch.where(vv > 0, batch_vdot(q, v) / vv.clamp_min(torch.finfo(vv.dtype).tiny), 0.0)
-    q_perp = q - per_sample(c, v) * v
-    coef_v = lamb + kappa**2 * batch_sq_norm(q_perp)
+    # q = p − v is exact in float64 for float32 (or narrower) inputs; one batched Gram product gives every reduction.
+    v64 = v.double().flatten(1)
+    q64 = prev.double().flatten(1) - v64
+    X = torch.stack((v64, q64), dim=1)
+    G = X @ X.transpose(1, 2)  # (B, 2, 2): [[‖v‖², v·q], [v·q, ‖q‖²]], float64 accumulation
+    vv, vq, qq = G[:, 0, 0], G[:, 0, 1], G[:, 1, 1]
+    c = torch.where(vv > 0, vq / vv.clamp_min(torch.finfo(vv.dtype).tiny), 0.0)
+    # ‖q⊥‖² loses relative accuracy only when q ∥ v, where it is ≪ ‖q‖² and its absolute error u·‖q‖² reaches the
+    # result through κ²‖q⊥‖²/λ and γ²‖q‖²/‖v‖², far below float32 resolution unless γ ≳ 1e7.
+    q_perp2 = (qq - vq * c).clamp_min(0.0)
+    coef_v = lamb + kappa**2 * q_perp2
     coef_q = kappa * (1.0 + kappa * c) * vv
-    w = per_sample(coef_v, v) * v - per_sample(coef_q, v) * q_perp
-    ww = batch_sq_norm(w)
-    # ‖w‖ = 0 only when v = 0, where the corrected vector is v itself.
+    ww = coef_v**2 * vv + coef_q**2 * q_perp2  # ‖w‖², w = coef_v·v − coef_q·q⊥ with v ⟂ q⊥
     scale = torch.where(ww > 0, torch.sqrt(vv / ww.clamp_min(torch.finfo(ww.dtype).tiny)), 0.0)
-    return torch.where(per_sample(ww > 0, v), per_sample(scale, v) * w, v)
+    # q⊥ is formed elementwise (not folded into the coefficient of v) so that nothing cancels when q ∥ v and
+    # γ ≫ 1. ‖w‖ = 0 only when v = 0, where the result is v = 0 itself.
+    q_perp = q64 - c[:, None] * v64
+    return ((scale * coef_v)[:, None] * v64 - (scale * coef_q)[:, None] * q_perp).reshape(v.shape)
 
 
 def _lm_official(v: torch.Tensor, prev: torch.Tensor | None, lamb: float, kappa: float) -> torch.Tensor:
