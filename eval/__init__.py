@@ -27,6 +27,7 @@ from .fid import (
     quantize_uint8,
     resize_bilinear_tf1,
     save_statistics,
+    torchmetrics_fid,
 )
 from .generate import ModelSampler, PipelineSampler, initial_noise, run_shards, sample_generators, sample_seed
 from .samplers import SAMPLERS, make_scheduler
@@ -37,7 +38,7 @@ __all__ = [
     "fid_against_statistics", "find_inception_weights", "frechet_distance", "gaussian_frechet_distance",
     "initial_noise", "linear_sampler_distance", "load_feature_extractor", "load_statistics", "make_scheduler",
     "mixture_moments", "monte_carlo_floor", "quantize_uint8", "resize_bilinear_tf1", "run_shards",
-    "sample_generators", "sample_loop", "sample_seed", "save_statistics", "transfer_matrix",
+    "sample_generators", "sample_loop", "sample_seed", "save_statistics", "torchmetrics_fid", "transfer_matrix",
 ]
 
 

@@ -78,9 +78,13 @@ def cmd_sweep(args) -> int:
     from .report import update_readme
     from .sweep import SweepConfig, run_sweep
 
-    unknown = [s for s in args.samplers if s not in SAMPLERS]
-    if unknown:
-        raise SystemExit(f"unknown sampler(s) {unknown}; choose from {', '.join(SAMPLERS)}")
+    from .samplers import parse_sampler_spec
+
+    for spec in args.samplers:
+        try:
+            parse_sampler_spec(spec)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
     models = list(args.models)
     if args.skip_missing:
         from lml_sampler.models.bundled import available_models
@@ -141,14 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models", type=_parse_list, default=DEFAULT_MODELS,
                    help="comma list: digits, gmm, gaussian, or pipeline folders / Hub ids (default: digits,gmm)")
     s.add_argument("--samplers", type=_parse_list, default=DEFAULT_SAMPLERS,
-                   help=f"comma list from {', '.join(SAMPLERS)} (default: {','.join(DEFAULT_SAMPLERS)})")
+                   help=f"comma list from {', '.join(SAMPLERS)}; LML settings per sampler as "
+                        f"lml-ddim@kappa=1e-2:lamb=0.5 (default: {','.join(DEFAULT_SAMPLERS)})")
     s.add_argument("--nfe", type=lambda t: _parse_list(t, int), default=DEFAULT_NFE, help="comma list (default 5,10,20)")
     s.add_argument("--seed", type=int, default=0, help="seed set: sample i uses the seed hash(seed, i)")
     s.add_argument("--num-samples", type=int, default=None,
                    help="samples per cell (default: 500 domain FID, 2000 exact, 10000 Inception)")
     s.add_argument("--shard-size", type=int, default=250, help="samples per shard file (the unit of resumption)")
-    s.add_argument("--lamb", type=float, default=None, help="LML λ (default: the scheduler's)")
-    s.add_argument("--kappa", type=float, default=None, help="LML κ (default: the scheduler's)")
+    s.add_argument("--lamb", type=float, default=1.0, help="LML damping λ of all lml-* samplers (default 1.0)")
+    s.add_argument("--kappa", type=float, default=1e-3,
+                   help="LML EMA weight κ (default 1e-3: γ = κ‖v‖²/λ ≈ 0.26 on 16×16 images; κ = 0 is the identity)")
     s.add_argument("--freeze", type=float, default=None, help="LML freeze fraction")
     s.add_argument("--lm-formula", choices=("stable", "official"), default=None)
     s.add_argument("--ref-stats", default=None, help="reference .npz for pipeline folders / Hub ids")
@@ -179,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # TF32 convolutions make GPU features depend on the batch size (fid.md §1.3): reference-quality FID without them
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -29,6 +29,7 @@ __all__ = [
     "load_statistics",
     "frechet_distance",
     "fid_from_features",
+    "torchmetrics_fid",
 ]
 
 
@@ -247,3 +248,32 @@ def fid_from_features(features: torch.Tensor | np.ndarray, reference: Statistics
     if isinstance(reference, (str, os.PathLike)):
         reference = load_statistics(reference)
     return frechet_distance(compute_statistics(features), reference)
+
+
+def torchmetrics_fid(extractor: torch.nn.Module, reference: Statistics | str | os.PathLike, num_features: int,
+                     reference_n: int | None = None):
+    """A torchmetrics ``FrechetInceptionDistance`` over ``extractor`` whose *real* side is preloaded with
+    ``reference`` statistics (fid.md §1.5 a), for code that wants the torchmetrics object.
+
+    ``extractor`` must take what you ``update`` with (the extractors of :mod:`eval.extractors` take uint8 images).
+    The real sums are set as ``N·μ`` and ``(N−1)Σ + N·μμᵀ`` (exact for any N ≥ 2) on rank 0 only — torchmetrics
+    sum-reduces states across processes, so setting them on every rank would distort Σ. ``reset()`` keeps them.
+    torchmetrics returns float32; :func:`frechet_distance` is the float64 path used by the sweeps.
+    """
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    if isinstance(reference, (str, os.PathLike)):
+        reference = load_statistics(reference)
+    n = reference_n or reference.n or 50_000
+    if n < 2:
+        raise ValueError(f"reference_n must be >= 2, got {n}")
+    extractor.num_features = num_features  # torchmetrics reads it instead of a dummy forward
+    metric = FrechetInceptionDistance(feature=extractor, reset_real_features=False, normalize=False)
+    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    if rank == 0:
+        mu = torch.as_tensor(reference.mu, dtype=torch.float64)
+        sigma = torch.as_tensor(reference.sigma, dtype=torch.float64)
+        metric.real_features_sum = n * mu
+        metric.real_features_cov_sum = (n - 1) * sigma + n * torch.outer(mu, mu)
+        metric.real_features_num_samples = torch.tensor(n, dtype=torch.long)
+    return metric

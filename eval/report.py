@@ -95,6 +95,7 @@ def plot_fid_vs_nfe(rows: list[dict], path: str | os.PathLike) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     by_model: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
@@ -111,9 +112,12 @@ def plot_fid_vs_nfe(rows: list[dict], path: str | os.PathLike) -> None:
             ax.axhline(max(floors), color="grey", lw=0.8, ls=":", label="floor (real/exact data)")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(fmt)
+        ax.yaxis.set_minor_formatter(fmt)
         nfes = sorted({r["nfe"] for r in mrows})
         ax.set_xticks(nfes, [str(k) for k in nfes])
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("NFE")
         ax.set_ylabel(_METRIC_NAME.get(mrows[0]["metric"], "FID"))
         ax.set_title(model)
@@ -156,14 +160,15 @@ def write_grids(rows: list[dict], out: Path, count: int = 8) -> list[Path]:
     for (model, sampler), grows in groups.items():
         imgs = []
         for r in sorted(grows, key=lambda r: r["nfe"]):
-            shard = out / "cells" / model / sampler / f"nfe{r['nfe']:03d}_seed{r['seed']}" / "shard_000000.npz"
+            shard = out / r.get("cell", "") / "shard_000000.npz"
             if not shard.is_file():
                 continue
             with np.load(shard) as data:
                 if "images" in data:
                     imgs.append(data["images"][:count])
         if imgs and all(len(i) == len(imgs[0]) for i in imgs):
-            path = out / "grids" / f"{model}_{sampler}.png".replace("/", "_")
+            path = out / "grids" / (Path(grows[0]["cell"]).parent.relative_to("cells").as_posix().replace("/", "__")
+                                    + ".png")
             h = imgs[0].shape[-1]
             save_image_grid(np.concatenate(imgs), path, nrow=len(imgs[0]), scale=max(1, 64 // h))
             written.append(path)

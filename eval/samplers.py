@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["SAMPLERS", "LML_SAMPLERS", "make_scheduler", "is_lml", "is_flow_sampler", "sampler_label"]
+__all__ = ["SAMPLERS", "LML_SAMPLERS", "make_scheduler", "is_lml", "is_flow_sampler", "sampler_label",
+           "parse_sampler_spec"]
 
 # name -> (module, class, overrides). LML classes are resolved lazily from lml_sampler (written concurrently).
 _BASE: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -39,6 +40,25 @@ _LML_CLASS = {
 LML_SAMPLERS = tuple(f"lml-{b}" for b in _LML_CLASS)
 SAMPLERS = tuple(_BASE) + LML_SAMPLERS
 _LML_KEYS = ("lamb", "kappa", "freeze", "lm_formula")
+
+
+def parse_sampler_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"lml-ddim@kappa=1e-3:lamb=0.5"`` -> ``("lml-ddim", {"kappa": 0.001, "lamb": 0.5})``; plain names pass.
+
+    Per-sampler settings let one sweep compare several LML settings; they override the sweep-wide ones.
+    """
+    name, _, rest = spec.partition("@")
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, rest.split(":")):
+        key, eq, value = item.partition("=")
+        if not eq or key not in _LML_KEYS:
+            raise ValueError(f"bad sampler setting {item!r} in {spec!r}: use key=value with key in {_LML_KEYS}")
+        kwargs[key] = value if key == "lm_formula" else float(value)
+    if kwargs and not is_lml(name):
+        raise ValueError(f"settings {kwargs} apply only to lml-* samplers, not {name!r}")
+    return name, kwargs
 
 
 def is_lml(name: str) -> bool:

@@ -18,7 +18,7 @@ from .exact import linear_sampler_distance
 from .fid import frechet_distance, save_statistics
 from .generate import DistInfo, ModelSampler, PipelineSampler, dist_info, run_shards, shard_statistics, write_manifest
 from .models import EvalModel, load_eval_model
-from .samplers import is_flow_sampler, is_lml, make_scheduler, sampler_label
+from .samplers import is_flow_sampler, is_lml, make_scheduler, parse_sampler_spec, sampler_label
 
 __all__ = ["SweepConfig", "run_cell", "run_sweep", "DEFAULT_SAMPLERS", "DEFAULT_NFE", "DEFAULT_MODELS"]
 
@@ -43,8 +43,10 @@ class SweepConfig:
                                                                       "exact-fd": 2000})
     batch_size: int = 250
     shard_size: int = 250
-    lamb: float | None = None
-    kappa: float | None = None
+    # LML defaults: κ > 0 is needed for any effect (the stable operator is the identity at κ = 0); with λ = 1 and
+    # ‖v‖² ≈ d = 256 (16×16 images) γ = κ‖v‖²/λ ≈ 0.26, inside the useful range of lml.md §2.3
+    lamb: float | None = 1.0
+    kappa: float | None = 1e-3
     freeze: float | None = None
     lm_formula: str | None = None
     extractor: str | None = None
@@ -69,6 +71,11 @@ def _atomic_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _safe(name: str) -> str:
+    """A file-name-safe version of a model name (Hub ids contain '/')."""
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name)
+
+
 def _effective_lml(sampler: str, cfg: SweepConfig, scheduler) -> dict[str, Any]:
     """The LML settings a row reports: the scheduler's actual config values (defaults included)."""
     if not is_lml(sampler):
@@ -83,19 +90,28 @@ def run_cell(model: EvalModel, sampler: str, nfe: int, cfg: SweepConfig, dist: D
     scored exactly from the transfer matrix (no samples, no Monte-Carlo error).
     """
     dist = dist or dist_info()
+    sampler, own = parse_sampler_spec(sampler)
     if model.is_flow != is_flow_sampler(sampler):
         raise ValueError(f"sampler {sampler!r} does not fit model {model.name!r} "
                          f"({'flow-matching' if model.is_flow else 'diffusion'} model)")
-    scheduler = make_scheduler(sampler, model.scheduler_config, **(cfg.lml_kwargs() if is_lml(sampler) else {}))
+    scheduler = make_scheduler(sampler, model.scheduler_config, **({**cfg.lml_kwargs(), **own} if is_lml(sampler) else {}))
     lml = _effective_lml(sampler, cfg, scheduler)
     label = sampler_label(sampler, {k: lml[k] for k in ("lamb", "kappa")} if lml else None)
     n = cfg.num_samples or cfg.default_samples[model.metric]
-    cell = Path(cfg.out) / "cells" / model.name / label / f"nfe{nfe:03d}_seed{cfg.seed}"
+    slug = sampler + "".join(f"_{k}{v:g}" if isinstance(v, float) else f"_{k}-{v}" for k, v in lml.items()
+                             if not (k == "freeze" and v == 0) and not (k == "lm_formula" and v == "stable"))
+    rel = Path("cells") / _safe(model.name) / slug / f"nfe{nfe:03d}_seed{cfg.seed}"
+    cell = Path(cfg.out) / rel
     result_path = cell / "result.json"
+    manifest = {"model": model.name, "sampler": label, "nfe": nfe, "seed": cfg.seed, "num_samples": n,
+                "shard_size": cfg.shard_size, "metric": model.metric, "extractor": model.extractor_name}
     if result_path.is_file():
+        if (cell / "cell.json").is_file():
+            write_manifest(cell, manifest)  # raises if this folder holds a run with other settings
         return json.loads(result_path.read_text())
 
     row: dict[str, Any] = {"model": model.name, "sampler": label, "sampler_name": sampler, "nfe": nfe,
+                           "cell": rel.as_posix(),
                            "seed": cfg.seed, "metric": model.metric, "reference": model.reference_desc,
                            "extractor": model.extractor_name or "pixels", **{k: lml.get(k) for k in
                                                                               ("lamb", "kappa", "freeze", "lm_formula")}}
@@ -118,18 +134,17 @@ def run_cell(model: EvalModel, sampler: str, nfe: int, cfg: SweepConfig, dist: D
         dist.barrier()
         return json.loads(result_path.read_text())
 
-    manifest = {"model": model.name, "sampler": label, "nfe": nfe, "seed": cfg.seed, "num_samples": n,
-                "shard_size": cfg.shard_size, "metric": model.metric, "extractor": model.extractor_name}
     if dist.is_main:
         write_manifest(cell, manifest)
     dist.barrier()
     write_manifest(cell, manifest)  # every rank checks it resumes the same run
     if model.kind == "analytic":
-        dtype = torch.float32
+        dtype = torch.float32  # what a trained network would run in; the analytic model computes in float64 inside
         sample_fn: Any = ModelSampler(model.denoiser, scheduler, nfe, cfg.seed, tuple(model.denoiser.data_shape),
                                       dtype=dtype)
     else:
         sample_fn = PipelineSampler(model.pipe, scheduler, nfe, cfg.seed, prompts=model.prompts, **model.pipe_kwargs)
+        dtype = sample_fn.denoiser.dtype
     keep = ("features", "raw") if model.metric == "exact-fd" else ()
     mine = run_shards(sample_fn, cell, n, cfg.shard_size, cfg.batch_size, feature_fn=model.features, dist=dist,
                       keep=keep, progress=cfg.progress, desc=f"{model.name} {label} nfe={nfe}")
@@ -144,7 +159,8 @@ def run_cell(model: EvalModel, sampler: str, nfe: int, cfg: SweepConfig, dist: D
         row.update(fid=frechet_distance(gen_stats, reference), num_samples=n,
                    floor=model.floor(n) if model.floor is not None else None,
                    nfe_measured=totals["nfe"], seconds_per_sample=totals["seconds"] / n,
-                   feature_seconds_per_sample=totals["feature_seconds"] / n, dtype="float32",
+                   feature_seconds_per_sample=totals["feature_seconds"] / n,
+                   dtype=str(dtype).removeprefix("torch."),
                    method="samples")
         _atomic_json(result_path, row)
     dist.barrier()
@@ -170,8 +186,9 @@ def run_sweep(cfg: SweepConfig, write_reports: bool = True) -> list[dict]:
                                       inception_weights=cfg.inception_weights, ref_stats=cfg.ref_stats,
                                       prompts=prompts, cache_dir=out / "reference", guidance_scale=cfg.guidance_scale,
                                       device=cfg.device))
-    cells = [(m, s, k) for m in models for s in cfg.samplers for k in cfg.nfe if m.is_flow == is_flow_sampler(s)]
-    skipped = [(m.name, s) for m in models for s in cfg.samplers if m.is_flow != is_flow_sampler(s)]
+    fits = {s: is_flow_sampler(parse_sampler_spec(s)[0]) for s in cfg.samplers}
+    cells = [(m, s, k) for m in models for s in cfg.samplers for k in cfg.nfe if m.is_flow == fits[s]]
+    skipped = [(m.name, s) for m in models for s in cfg.samplers if m.is_flow != fits[s]]
     bar = tqdm(cells, desc="sweep", unit="cell", disable=not (cfg.progress and dist.is_main))
     for model, sampler, nfe in bar:
         bar.set_postfix_str(f"{model.name} {sampler} {nfe}")

@@ -134,7 +134,8 @@ def run_method(
     """Run one method on a task; returns ``(reconstruction in the operator domain, stats)``.
 
     ``pipe`` is a ``(unet, scheduler_config)`` source: any diffusers pipeline with ``unet`` and ``scheduler``.
-    Keyword knobs: dds: ``gamma, cg_iters, eta, eta_type, noiseless``; dps: ``zeta, eta``; cgls: ``cgls_iters``;
+    Keyword knobs: dds: ``gamma, cg_iters, eta, eta_type, noiseless, clip`` (default False); dps: ``zeta, dps_eta,
+    clip`` (default True); cgls: ``cgls_iters``;
     tv: ``tv_lambda, tv_iters``.
     """
     op, y = task.operator, task.y
@@ -144,7 +145,9 @@ def run_method(
         from .dds import DDSPipeline
         from lml_sampler.schedulers.dds import DDSScheduler
 
-        dds = DDSPipeline(pipe.unet, DDSScheduler.from_config(pipe.scheduler.config, clip_sample=False))
+        # Official DDS never clips x̂0 (default); ``clip=True`` clamps Tweedie's x̂0 to [-1, 1] before DC.
+        clip = bool(kw.get("clip", False))
+        dds = DDSPipeline(pipe.unet, DDSScheduler.from_config(pipe.scheduler.config, clip_sample=clip))
         dds.set_progress_bar_config(disable=True)
         noiseless = kw.get("noiseless", task.sigma == 0)
         args = dict(gamma=kw.get("gamma", 1.0), cg_iters=kw.get("cg_iters", 5), noiseless=noiseless)
@@ -155,18 +158,20 @@ def run_method(
         out = dds(op, y, num_inference_steps=nfe, eta=kw.get("eta", 0.85), eta_type=kw.get("eta_type", "ddnm"),
                   generator=generator, operator_range=task.operator_range, **args)
         x = out.images
-        stats.update(nfe=out.nfe, cg_seconds=dds.scheduler.cg_seconds, **{k: v for k, v in args.items()})
+        stats.update(nfe=out.nfe, cg_seconds=dds.scheduler.cg_seconds, clip=clip, **{k: v for k, v in args.items()})
         stats["eta"], stats["eta_type"] = kw.get("eta", 0.85), kw.get("eta_type", "ddnm")
     elif method == "dps":
         from .dps import DPSPipeline
         from diffusers import DDIMScheduler
 
-        dps = DPSPipeline(pipe.unet, DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False))
+        # Official DPS clips x̂0 to [-1, 1] (``clip_denoised=True``); the gradient flows through the clamp.
+        clip = bool(kw.get("clip", True))
+        dps = DPSPipeline(pipe.unet, DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=clip))
         dps.set_progress_bar_config(disable=True)
         out = dps(op, y, num_inference_steps=nfe, zeta=kw.get("zeta", 1.0), eta=kw.get("dps_eta", 1.0),
                   generator=generator, operator_range=task.operator_range)
         x = out.images
-        stats.update(nfe=out.nfe, zeta=kw.get("zeta", 1.0))
+        stats.update(nfe=out.nfe, zeta=kw.get("zeta", 1.0), clip=clip)
     elif method == "cgls":
         x = cg_least_squares(op, y, kw.get("cgls_iters", 10))
         stats["iters"] = kw.get("cgls_iters", 10)

@@ -36,13 +36,10 @@ def sample(name: str, n: int, steps: int, seed: int) -> torch.Tensor:
 
     pipe = load_pipeline(name)
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(batch_size=n, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="pt")
-    # DDPMPipeline returns numpy in [0, 1] even for output_type="pt" in some versions; normalise both cases
-    images = out.images
-    images = torch.as_tensor(images)
-    if images.shape[-1] in (1, 2) and images.shape[1] not in (1, 2):
-        images = images.permute(0, 3, 1, 2)
-    return images.float() * 2 - 1
+    gen = torch.Generator().manual_seed(seed)
+    out = pipe(batch_size=n, num_inference_steps=steps, generator=gen, output_type="np")
+    # DDPMPipeline returns channels-last numpy in [0, 1]
+    return torch.as_tensor(out.images).permute(0, 3, 1, 2).float() * 2 - 1
 
 
 def _phantom_stats(x: torch.Tensor) -> dict:
@@ -85,9 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.monotonic()
     phantoms = sample("phantoms", args.n_phantoms, args.steps, args.seed)
     t_phantoms = time.monotonic() - t0
-    save_grid(phantoms, IMAGES / "phantoms_grid.png", nrow=6)
+    save_grid(phantoms, IMAGES / "phantoms_grid.png", nrow=6, scale=3)
     real_ph = random_ellipse_phantoms(args.n_phantoms, 32, torch.Generator().manual_seed(12345)) * 2 - 1
-    save_grid(real_ph, IMAGES / "phantoms_real_grid.png", nrow=6)
+    save_grid(real_ph, IMAGES / "phantoms_real_grid.png", nrow=6, scale=3)
 
     clf = load_feature_extractor("digits-features")
     with torch.no_grad():

@@ -265,6 +265,11 @@ def test_module_namespace_and_config_roundtrip(tmp_path):
     s.save_config(tmp_path)
     s2 = DDSScheduler.from_pretrained(tmp_path)
     assert s2.config.beta_end == 0.015 and not s2.config.clip_sample
+    # from_config overrides must reach the config (a *args/**kwargs __init__ would silently drop them).
+    from diffusers import DDPMScheduler
+
+    s3 = DDSScheduler.from_config(DDPMScheduler().config, clip_sample=False)
+    assert s3.config.clip_sample is False and isinstance(s3, DDSScheduler)
 
 
 def _tiny_unet(channels=1):

@@ -244,3 +244,19 @@ def test_domain_fid_ranks_noise_below_real():
     fid_real = ev.fid_from_features(ev.extract_features(ext, train), ref)
     fid_noisy = ev.fid_from_features(ev.extract_features(ext, noisy), ref)
     assert 0 < fid_real < fid_noisy
+
+
+def test_torchmetrics_fid_with_preloaded_reference():
+    ext = ev.load_feature_extractor("random-conv")
+    g = torch.Generator().manual_seed(7)
+    real = torch.randint(0, 256, (120, 1, 16, 16), dtype=torch.uint8, generator=g)
+    fake = (real.float() * 0.8 + 20).round().to(torch.uint8)
+    ref = ev.compute_statistics(ev.extract_features(ext, real))
+    metric = ev.torchmetrics_fid(ext, ref, num_features=64)
+    metric.update(fake, real=False)
+    ours = ev.fid_from_features(ev.extract_features(ext, fake), ref)
+    # torchmetrics computes in float64 but returns float32 (relative 6e-8) and its features pass through float32
+    assert float(metric.compute()) == pytest.approx(ours, rel=1e-4)
+    metric.reset()  # keeps the reference side
+    metric.update(real, real=False)
+    assert float(metric.compute()) == pytest.approx(0.0, abs=1e-3)

@@ -62,6 +62,31 @@ def test_pipeline_sample_independent_of_batch(tiny_pipe):
     assert not np.array_equal(whole[0], whole[1])
 
 
+def test_text_to_image_prompts_follow_the_sample_index():
+    """A stand-in text-to-image pipeline: sample i gets prompt i mod P and the generator of (seed, i)."""
+
+    class FakeT2I:
+        def __init__(self):
+            self.unet = torch.nn.Identity()
+            self.calls = []
+
+        def __call__(self, prompt, generator, num_inference_steps, output_type, guidance_scale=7.5):
+            assert output_type == "np" and len(prompt) == len(generator)
+            self.calls.append((list(prompt), guidance_scale))
+            for _ in range(num_inference_steps):
+                self.unet(torch.zeros(1))
+            noise = torch.stack([torch.rand(3, 4, 4, generator=g) for g in generator])
+            return type("Out", (), {"images": noise.permute(0, 2, 3, 1).numpy()})()
+
+    pipe = FakeT2I()
+    s = ev.PipelineSampler(pipe, scheduler=None, num_inference_steps=3, seed=2, prompts=["a", "b", "c"],
+                           guidance_scale=2.0)
+    out = s([4, 5, 6, 7])["images"]
+    assert pipe.calls == [(["b", "c", "a", "b"], 2.0)] and s.nfe == 3 and out.shape == (4, 3, 4, 4)
+    again = s([7])["images"]
+    np.testing.assert_array_equal(again[0], out[3])
+
+
 def test_every_sampler_builds_from_a_ddpm_config():
     cfg = DDPMScheduler().config
     for name in SAMPLERS:
@@ -78,6 +103,14 @@ def test_every_sampler_builds_from_a_ddpm_config():
         make_scheduler("ddim", cfg, lamb=1.0)
     with pytest.raises(ValueError, match="unknown sampler"):
         make_scheduler("heun", cfg)
+    from eval.samplers import parse_sampler_spec
+
+    assert parse_sampler_spec("lml-ddim@kappa=1e-2:lamb=0.5") == ("lml-ddim", {"kappa": 0.01, "lamb": 0.5})
+    assert parse_sampler_spec("unipc") == ("unipc", {})
+    with pytest.raises(ValueError, match="only to lml"):
+        parse_sampler_spec("ddim@kappa=1")
+    with pytest.raises(ValueError, match="key=value"):
+        parse_sampler_spec("lml-ddim@gamma=1")
 
 
 def test_shards_partition_indices():
@@ -118,7 +151,8 @@ def test_sweep_on_a_pipeline_folder_with_reports(tmp_path, tiny_pipe):
     assert (out / "fid_vs_nfe.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list((out / "grids").glob("*.png"))) == 2
     # the FID of a cell equals the FID of its stored features against the reference (nothing lost or doubled)
-    cell = out / "cells" / "tiny" / "ddim" / "nfe002_seed0"
+    cell = out / rows[0]["cell"]
+    assert rows[0]["cell"] == "cells/tiny/ddim/nfe002_seed0" and "kappa0.001" in rows[2]["cell"]
     feats = np.concatenate([np.load(p)["features"] for p in sorted(cell.glob("shard_*.npz"))])
     assert feats.shape[0] == 24
     # one-pass float64 sums (the sweep) vs two-pass covariance (fid_from_features): the FID is a difference of traces

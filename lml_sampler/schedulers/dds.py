@@ -81,10 +81,15 @@ class DDSScheduler(DDIMScheduler):
     are not on [-1, 1], as in the official code, which never clips).
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._operator: LinearOperator | None = None
-        self._reset_run_state()
+    # No __init__ override: diffusers reads the accepted config keys from the signature of ``cls.__init__``, so a
+    # ``*args, **kwargs`` wrapper would make ``from_config(..., clip_sample=False)`` silently drop overrides.
+    # Per-instance state is created by set_measurement / set_timesteps; these class defaults mean "not set yet".
+    _operator: LinearOperator | None = None
+    _y: torch.Tensor | None = None
+    _AHy: torch.Tensor | None = None
+    cg_iteration_history: tuple | list = ()
+    cg_seconds: float = 0.0
+    num_steps_taken: int = 0
 
     # -- measurement --------------------------------------------------------------------------------------------
     def set_measurement(
@@ -222,10 +227,10 @@ class DDSScheduler(DDIMScheduler):
         Returns ``(prev_sample, x̂0')`` as a tuple, or a :class:`DDSSchedulerOutput` that also carries the
         pre-DC ``denoised`` x̂0 and the CG iterations.
         """
-        if self._operator is None:
-            raise RuntimeError("DDSScheduler: call set_measurement(operator, y, ...) before step()")
         if self.num_inference_steps is None:
             raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' first")
+        if self._operator is None:
+            raise RuntimeError("DDSScheduler: call set_measurement(operator, y, ...) before step()")
         t = int(timestep)
         prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
         a_t = float(self.alphas_cumprod[t])
