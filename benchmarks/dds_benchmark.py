@@ -185,7 +185,7 @@ def tune(r: Runner, cfgs, quick: bool, dps_nfes, big_nfe: int | None = None, big
             # x̂0 clipping (not in the official code) as a validated option.
             b["dds"] = pick("dds-clip", cfg, "dds", 50, [{"clip": False}, {"clip": True}], b["dds"])
         for nfe in dps_nfes:
-            grid = [{"zeta": 3.0}] if quick else [{"zeta": 1.0}, {"zeta": 3.0}, {"zeta": 10.0}]
+            grid = [{"zeta": 3.0}] if quick else [{"zeta": z} for z in (1.0, 3.0, 10.0, 30.0)]
             b["dps"][nfe] = pick("dps", dps_source(cfg), "dps", nfe, grid)
         best[cfg] = b
     return best
@@ -327,7 +327,7 @@ def report(out: Path, cfgs, nfes, dps_big: int, model_info: dict, caption_extra:
     tuned = {k: v for k, v in cells.items() if k.startswith("tune__")}
     if tuned:
         lines.append(f"- {len(tuned)} tuning cells on validation phantoms (grids: CG-LS iterations 3–50, TV λ 1e-3–3e-2, "
-                     "DDS η ∈ {0.15, 0.5, 0.85}, x̂0 clipping on/off and γ ∈ {1, 5, 20, 100} for noisy data; DPS ζ ∈ {1, 3, 10} per NFE (ζ ∈ {1, 3} at the large NFE, 2 phantoms), DPS clips x̂0 as in the official code).")
+                     "DDS η ∈ {0.15, 0.5, 0.85}, x̂0 clipping on/off and γ ∈ {1, 5, 20, 100} for noisy data; DPS ζ ∈ {1, 3, 10, 30} per NFE (ζ ∈ {1, 3} at the large NFE, 2 phantoms), DPS clips x̂0 as in the official code).")
     return "\n".join(lines)
 
 

@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cg-iters", type=int, default=5)
     p.add_argument("--eta", type=float, default=0.85)
     p.add_argument("--eta-type", default="ddnm", choices=("ddnm", "ddim"))
+    p.add_argument("--clip", action="store_true", help="DDS: clamp Tweedie's x0 to [-1, 1] (official code: no)")
     p.add_argument("--zeta", type=float, default=1.0, help="DPS step size")
     p.add_argument("--cgls-iters", type=int, default=10)
     p.add_argument("--tv-lambda", type=float, default=0.01)
@@ -127,11 +128,17 @@ def main(argv: list[str] | None = None) -> int:
                      seed=args.seed)
     gamma = args.gamma if args.gamma is not None else 10.0
     knobs = dict(gamma=gamma, cg_iters=args.cg_iters, eta=args.eta, eta_type=args.eta_type, zeta=args.zeta,
-                 cgls_iters=args.cgls_iters, tv_lambda=args.tv_lambda)
+                 cgls_iters=args.cgls_iters, tv_lambda=args.tv_lambda, clip=args.clip)
     if args.gamma is not None:
         knobs["noiseless"] = False
     results = {"task": task.info, "model": args.model, "methods": {}}
     columns = [("ground truth", task.truth_image())]
+    # The classical "input" picture: FBP for CT, the adjoint (zero-filled / blurred / masked image) otherwise.
+    from .baselines import adjoint_reconstruction, fbp_reconstruction
+
+    inp = fbp_reconstruction(task.operator, task.y) if task.name.startswith("ct") else \
+        adjoint_reconstruction(task.operator, task.y)
+    columns.append(("input (FBP)" if task.name.startswith("ct") else "input (Aᴴy)", inp.abs() if inp.is_complex() else inp))
     for m in methods:
         g = torch.Generator().manual_seed(args.seed)
         x, stats = run_method(m, task, pipe, nfe=args.nfe, generator=g, **knobs)

@@ -91,6 +91,8 @@ def test_corrector_plan_rejects_impossible_budgets():
         lv.corrector_plan(4, 2, "late")
     with pytest.raises(ValueError, match="placement"):
         lv.corrector_plan(10, 1, "middle")
+    two_late = next(s for s in lv.grid_specs("full") if s.id.startswith("lgv-late2"))
+    assert not lv.feasible(two_late, 5) and lv.feasible(two_late, 6)
 
 
 def test_langevin_cell_runs_at_nominal_nfe_and_cells_resume(tmp_path, monkeypatch):
