@@ -224,6 +224,8 @@ FAMILY_LABELS = {
     "official-dpm++2m": "LML official fp32, κ=0, README λ (DPM-Solver++ 2M)",
     "gamma-dpm++2m": "LML stable γ, rank 1 (DPM-Solver++ 2M)",
     "gamma-ddim": "LML stable γ, rank 1 (DDIM)",
+    "gamma-dpm++3m": "LML stable γ, rank 1 (DPM-Solver++ 3M)",
+    "gamma-dpm": "LML stable γ, rank 1 (DPM-Solver 3 noise-pred)",
     "rank-dpm++2m": "LML stable γ, rank k=2/3 (DPM-Solver++ 2M)",
     "rank-ddim": "LML stable γ, rank k=2/3 (DDIM)",
     "langevin-lm": "LM-preconditioned Langevin corrector, rank 1-2 (DPM-Solver++ 2M predictor)",
@@ -269,6 +271,9 @@ def grid_specs(level: str) -> list[Spec]:
             for g in rank_gammas:
                 specs.append(_spec(f"lml-r{k}-g{g:g}-{base}", f"rank-{base}", "lml", base, gamma=g, rank=k))
     if level == "full":
+        for base in ("dpm++3m", "dpm"):  # on top of the stronger stock solvers (Gaussian only)
+            for g in gammas:
+                specs.append(_spec(f"lml-g{g:g}-{base}", f"gamma-{base}", "lml", base, gamma=g, rank=1))
         lgv = [(c, pl, snr, r) for c, pl in ((1, "late"), (1, "early"), (2, "late")) for snr in (0.05, 0.15)
                for r in (0, 2)]
         stale = [(snr, r) for snr in (0.02, 0.05, 0.15) for r in (0, 2)]
@@ -355,8 +360,8 @@ def gaussian_benchmark(quick: bool) -> Benchmark:
         "gaussian", "Stationary Gaussian 16×16 (exact score)", "Fréchet distance (trace Σ = 64)", _eps_fn(g),
         tuple(g.data_shape), dict(BASE_CONFIG), 512 if quick else 4096, (5, 10) if quick else NFES,
         (5, 10) if quick else NFES, "quick" if quick else "full",
-        ("official-dpm", "official-dpm-eq", "official-dpm++2m", "gamma-dpm++2m", "gamma-ddim", "rank-dpm++2m",
-         "rank-ddim", "langevin-lm", "langevin-iso"),
+        ("official-dpm", "official-dpm-eq", "official-dpm++2m", "gamma-dpm++2m", "gamma-ddim", "gamma-dpm++3m",
+         "gamma-dpm", "rank-dpm++2m", "rank-ddim", "langevin-lm", "langevin-iso"),
         evaluate, floor, exact_linear=lambda sched, nfe: linear_sampler_distance(g, sched, nfe), dim=g.dim,
         notes={"model": g},
     )
@@ -601,6 +606,37 @@ def ensure_floor(out_dir: Path, bench: Benchmark, seed: int) -> dict:
     return cell
 
 
+BANDS = ((0.0, 0.125), (0.125, 0.3), (0.3, 1.0))  # radial frequency |f| (cycles/pixel): low, mid, high
+
+
+def band_diagnostic(out: torch.Tensor, noise: torch.Tensor, spectrum: torch.Tensor) -> dict:
+    """Where a stationary sampler's error sits: per radial-frequency band, mean c_f/p_f and the band's share of
+    Σ_f (√c_f − √p_f)², plus total variance tr C / tr Σ (c_f: control-variate power estimate, as stationary_fd)."""
+    c = power_spectrum(out).mean(0) / power_spectrum(noise).mean(0)
+    p = spectrum.double()
+    h, w = p.shape[-2:]
+    fy, fx = torch.fft.fftfreq(h, dtype=torch.float64), torch.fft.fftfreq(w, dtype=torch.float64)
+    r = (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt().expand_as(p)
+    res = {"var_ratio": float(c.sum() / p.sum())}
+    for name, (lo, hi) in zip(("low", "mid", "high"), BANDS):
+        m = (r > lo) & (r <= hi) if lo > 0 else r <= hi
+        res[f"{name}_power_ratio"] = float((c[m] / p[m]).mean())
+        res[f"{name}_fd"] = float(((c[m].sqrt() - p[m].sqrt()) ** 2).sum())
+    return res
+
+
+def ensure_band_diagnostic(out_dir: Path, bench: Benchmark, spec: Spec, nfe: int, seed: int) -> dict:
+    path = out_dir / bench.name / "_diag" / f"{spec.id}_nfe{nfe:03d}_seed{seed}.json"
+    cell = read_cell(path)
+    if cell is None:
+        noise = noise_for(bench, seed)
+        out = run_sampler(bench, spec, nfe, noise.to(bench.dtype), seed)
+        cell = {"spec": spec.id, "family": spec.family, "nfe": nfe, "seed": seed,
+                **band_diagnostic(out.double(), noise, bench.notes["model"].spectrum)}
+        write_json_atomic(path, cell)
+    return cell
+
+
 def nearest(nfe: int, tuned: tuple[int, ...]) -> int:
     return min(tuned, key=lambda t: (abs(t - nfe), t))
 
@@ -656,6 +692,11 @@ def run_benchmark(out_dir: Path, bench: Benchmark, seeds: tuple[int, ...]) -> No
                 spec = chosen.get((fam, nearest(nfe, bench.tune_nfes)))
                 if spec is not None:
                     ensure_cell(out_dir, bench, spec, nfe, seed)
+    if bench.name == "gaussian":
+        diag_specs = [s for s in fixed if s.kind == "linear" and s.base in ("dpm++2m", "dpm")]
+        diag_specs += [chosen[(fam, 10)] for fam in sorted({s.family for s in grid}) if (fam, 10) in chosen]
+        for spec in diag_specs:
+            ensure_band_diagnostic(out_dir, bench, spec, 10, REPORT_SEEDS[0])
     write_json_atomic(out_dir / bench.name / "_meta.json", {
         "nfes": list(bench.nfes), "tune_nfes": list(bench.tune_nfes), "n": bench.n, "grid_level": bench.grid_level,
         "families": list(bench.families), "title": bench.title, "metric": bench.metric_label,
@@ -722,7 +763,8 @@ def collect(out_dir: Path, bench_name: str) -> dict | None:
             wall += c.get("wall_s", 0.0)
     se = [c["se"] for p in (out_dir / bench_name).rglob("nfe010_seed[12].json")
           if (c := read_cell(p)) and "se" in c and c.get("kind") != "linear"]
-    return {"meta": meta, "rows": rows, "settings": settings, "floors": [f for f in floors if f], "official": official,
+    diag = [read_cell(q) for q in sorted((out_dir / bench_name / "_diag").glob("*.json"))]
+    return {"meta": meta, "diag": [d for d in diag if d], "rows": rows, "settings": settings, "floors": [f for f in floors if f], "official": official,
             "official_stock": official_stock, "ids": ids, "values": values, "cpu_s": cpu, "wall_s": wall, "nfes": nfes, "se_nfe10": se}
 
 
@@ -878,6 +920,20 @@ def markdown(results: dict[str, dict], total_cpu: float, total_wall: float, quic
                 lines.append(f"| {FAMILY_LABELS[fam]} | {nfe} | {c['lamb']:.3g} | {c['rel_dev_fp32_vs_stock_fp32']:.2e} "
                              f"| {c.get('rel_dev_fp64_vs_stock_fp64', float('nan')):.1e} "
                              f"| {c.get('rel_dev_stock_fp32_vs_fp64', float('nan')):.1e} |")
+        lines.append("")
+    if g and g.get("diag"):
+        index = _spec_index("full", ())
+        lines.append("**Where the Gaussian error sits** (NFE 10, seed set 1; c_f/p_f = output / true power, mean over "
+                     "the radial band |f| ≤ 0.125, 0.125–0.3, > 0.3 cycles/pixel; FD split by band)")
+        lines.append("")
+        lines.append("| sampler | tr C / tr Σ | low c/p | mid c/p | high c/p | FD low | FD mid | FD high |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for d in g["diag"]:
+            spec = index.get(d["spec"])
+            label = BASELINE_LABELS.get(d["spec"]) or (
+                f"{FAMILY_LABELS.get(d['family'], d['family'])} ({describe(spec)})" if spec else d["spec"])
+            lines.append(f"| {label} | {d['var_ratio']:.3f} | {d['low_power_ratio']:.3f} | {d['mid_power_ratio']:.3f} "
+                         f"| {d['high_power_ratio']:.3f} | {d['low_fd']:.3f} | {d['mid_fd']:.3f} | {d['high_fd']:.3f} |")
         lines.append("")
     lines.append(f"Runtime: {total_cpu / 60:.1f} CPU minutes ({total_wall / 60:.1f} min wall) summed over all cells, "
                  "one thread.")

@@ -60,6 +60,17 @@ def test_pipeline_sample_independent_of_batch(tiny_pipe):
     assert np.abs(whole.astype(int) - parts.astype(int)).max() <= 1
     assert (whole == parts).mean() > 0.99
     assert not np.array_equal(whole[0], whole[1])
+    # the own loop mirrors the stock DDPMPipeline call (same per-index generators, same post-processing)
+    assert s.own_loop
+    tiny_pipe.scheduler = make_scheduler("ddim", tiny_pipe.scheduler.config)
+    stock = tiny_pipe(batch_size=6, generator=ev.sample_generators(1, range(6)), num_inference_steps=4,
+                      output_type="np").images
+    tiny_pipe.scheduler = DDPMScheduler(num_train_timesteps=1000)
+    np.testing.assert_array_equal(ev.quantize_uint8(torch.from_numpy(stock).permute(0, 3, 1, 2), (0.0, 1.0)).numpy(),
+                                  whole)
+    # UniPC: the stock DDPMPipeline passes generator= to step(), which UniPC rejects; the own loop does not
+    u = ev.PipelineSampler(tiny_pipe, make_scheduler("unipc", tiny_pipe.scheduler.config), 4, seed=1)
+    assert u([0, 1])["images"].shape == (2, 1, 8, 8) and u.nfe == 4
 
 
 def test_text_to_image_prompts_follow_the_sample_index():
@@ -162,6 +173,8 @@ def test_sweep_on_a_pipeline_folder_with_reports(tmp_path, tiny_pipe):
     stamp = (cell / "result.json").stat().st_mtime_ns
     assert run_sweep(cfg) == rows and (cell / "result.json").stat().st_mtime_ns == stamp
     # README section writer, on a copy of the README
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "readme_section.py").write_text((REPO / "scripts" / "readme_section.py").read_text())
     (tmp_path / "README.md").write_text("x\n<!-- BEGIN: sweep -->\nOLD-CONTENT\n<!-- END: sweep -->\ny\n")
     update_readme(rows, out, repo_root=tmp_path)
     text = (tmp_path / "README.md").read_text()
