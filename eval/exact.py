@@ -14,7 +14,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from .fid import Statistics, compute_statistics, frechet_distance
 

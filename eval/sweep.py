@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .exact import linear_sampler_distance
