@@ -91,6 +91,7 @@ BASE_CONFIG = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, bet
                    clip_sample=False)
 REFERENCE = "dpm++2m"  # the goal: best LML at NFE 10 ≤ 0.8 × DPM-Solver++ 2M at NFE 10
 GOAL_RATIO = 0.8
+TIE = 0.03  # ratios within ±3 % are reported as "on par"
 IMAGES = ROOT / "docs" / "images"
 
 BASELINE_LABELS = {
@@ -233,6 +234,8 @@ FAMILY_LABELS = {
 }
 #: Families that are LML (the LM preconditioning is on); the goal is checked over these only.
 LML_FAMILIES = tuple(f for f in FAMILY_LABELS if f != "langevin-iso")
+#: Deterministic LML at the parent's NFE and cost (no added noise): the drop-in scheduler use case.
+DETERMINISTIC_LML = tuple(f for f in LML_FAMILIES if not f.startswith("langevin"))
 
 
 def _spec(id_: str, family: str, kind: str, base: str, **params) -> Spec:
@@ -456,8 +459,13 @@ def bundled_benchmark(quick: bool) -> Benchmark:
         return {"value": fid(train[idx])}
 
     size = unet.config.sample_size
+    from lml_sampler.models.bundled import bundled_path
+
+    info = json.loads((bundled_path("digits") / "training.json").read_text()) if (
+        bundled_path("digits") / "training.json").is_file() else {}
+    trained = f", {info['steps']} training steps, {info.get('status', '?')}" if "steps" in info else ""
     return Benchmark(
-        "bundled", "Bundled digits DDPM (trained UNet)", "domain FID (digits-features) vs held-out test digits",
+        "bundled", f"Bundled digits DDPM (trained UNet{trained})", "domain FID (digits-features) vs held-out test digits",
         _eps_fn(unet), (unet.config.in_channels, size, size), config, n, (5, 10), (10,), "quick" if quick else "tiny",
         ("official-dpm", "gamma-dpm++2m", "rank-dpm++2m", "langevin-lm", "langevin-iso"),
         evaluate, floor, dtype=torch.float32, dim=unet.config.in_channels * size * size,
@@ -626,13 +634,24 @@ def band_diagnostic(out: torch.Tensor, noise: torch.Tensor, spectrum: torch.Tens
     return res
 
 
+_ODE_REFERENCE: dict = {}
+ODE_REFERENCE_NFE = 200
+
+
 def ensure_band_diagnostic(out_dir: Path, bench: Benchmark, spec: Spec, nfe: int, seed: int) -> dict:
     path = out_dir / bench.name / "_diag" / f"{spec.id}_nfe{nfe:03d}_seed{seed}.json"
     cell = read_cell(path)
     if cell is None:
         noise = noise_for(bench, seed)
         out = run_sampler(bench, spec, nfe, noise.to(bench.dtype), seed)
+        key = (bench.name, seed)
+        if key not in _ODE_REFERENCE:
+            # the converged probability-flow ODE solution from the same noise: DPM-Solver 3 at 200 steps
+            ref_spec = _spec("dpm", "dpm", "linear", "dpm")
+            _ODE_REFERENCE[key] = run_sampler(bench, ref_spec, ODE_REFERENCE_NFE, noise, seed).double()
+        ref = _ODE_REFERENCE[key]
         cell = {"spec": spec.id, "family": spec.family, "nfe": nfe, "seed": seed,
+                "ode_error": float((out.double() - ref).norm() / ref.norm()),
                 **band_diagnostic(out.double(), noise, bench.notes["model"].spectrum)}
         write_json_atomic(path, cell)
     return cell
@@ -837,6 +856,17 @@ def markdown(results: dict[str, dict], total_cpu: float, total_wall: float, quic
                        f"({g['settings'].get(lab, {}).get(10, '')}) with FD {_fmt(val)} vs {_fmt(ref10)} for "
                        f"DPM-Solver++ 2M, ratio {ratio:.3f}. Best stock solver at NFE 10: {bl} ({_fmt(bv)}); "
                        f"best LML / best stock = {val / bv:.3f}.")
+        dl, dv = best_lml(g, 10, DETERMINISTIC_LML)
+        il, iv = best_lml(g, 10, ("langevin-iso",))
+        verdict.append(f"  - Best deterministic LML (a drop-in scheduler: no added noise, no extra NFE): {dl} "
+                       f"({g['settings'].get(dl, {}).get(10, '')}) with FD {_fmt(dv)}: {dv / ref10:.3f}× "
+                       f"DPM-Solver++ 2M, {dv / bv:.3f}× the best stock solver.")
+        if math.isfinite(iv):
+            verdict.append(f"  - Control: the isotropic Langevin corrector without any LM preconditioning reaches "
+                           f"{_fmt(iv)} ({iv / ref10:.3f}× DPM-Solver++ 2M), so the corrector's gain is not an LM "
+                           f"effect." if iv <= val else
+                           f"  - Control: the isotropic Langevin corrector without LM preconditioning reaches "
+                           f"{_fmt(iv)} ({iv / ref10:.3f}× DPM-Solver++ 2M).")
         sid = g["ids"].get(lab, {}).get(10)
         if sid:
             plain = g["values"](sid, 10, "fd_spectral_plain")
@@ -851,14 +881,18 @@ def markdown(results: dict[str, dict], total_cpu: float, total_wall: float, quic
                            f"plain full-covariance sample FD {', '.join(f'{v:.3f}' for v in fullv)} "
                            f"(its floor {', '.join(f'{v:.3f}' for v in fl)}).")
     for name, res in results.items():
-        wins, losses = [], []
+        groups: dict[str, list[str]] = {"better": [], "on par (within 3 %)": [], "worse": []}
         for nfe in res["nfes"]:
             lab, val = best_lml(res, nfe)
             bl, bv = best_baseline(res, nfe)
             if math.isfinite(val) and math.isfinite(bv):
-                (wins if val < bv else losses).append(f"NFE {nfe}: {val / bv:.2f}×")
-        verdict.append(f"- {res['meta']['title']}: best LML variant vs best stock solver (per NFE) — "
-                       f"better at {', '.join(wins) or 'no NFE'}; not better at {', '.join(losses) or 'no NFE'}.")
+                r = val / bv
+                key = "better" if r < 1 - TIE else "worse" if r > 1 + TIE else "on par (within 3 %)"
+                groups[key].append(f"NFE {nfe}: {r:.2f}×")
+        floor = np.mean([f["value"] for f in res["floors"]]) if res["floors"] else float("nan")
+        verdict.append(f"- {res['meta']['title']}: best LML variant (each NFE) / best stock solver (each NFE) — "
+                       + "; ".join(f"{k} at {', '.join(v)}" for k, v in groups.items() if v)
+                       + f". Estimator floor here: {floor:.3g}.")
         for fam_label in (FAMILY_LABELS["official-dpm"], FAMILY_LABELS["official-dpm++2m"]):
             off = res["rows"].get(fam_label, {})
             if not off:
@@ -884,6 +918,8 @@ def markdown(results: dict[str, dict], total_cpu: float, total_wall: float, quic
         floors = res["floors"]
         floor_txt = ", ".join(f"{f['value']:.3g}" for f in floors)
         lines.append(f"**{res['meta']['title']}** — {res['meta']['metric']}; N = {res['meta']['n']} samples per cell; "
+                     f"reported seed set(s) {', '.join(map(str, res['meta']['report_seeds']))}; tuned at NFE "
+                     f"{', '.join(map(str, res['meta']['tune_nfes']))} on seed set {TUNE_SEED}; "
                      f"estimator floor (N exact samples) {floor_txt}.")
         if name == "gaussian" and floors:
             full = ", ".join(f"{f['fd_full']:.3g}" for f in floors)
@@ -925,17 +961,42 @@ def markdown(results: dict[str, dict], total_cpu: float, total_wall: float, quic
     if g and g.get("diag"):
         index = _spec_index("full", ())
         lines.append("**Where the Gaussian error sits** (NFE 10, seed set 1; c_f/p_f = output / true power, mean over "
-                     "the radial band |f| ≤ 0.125, 0.125–0.3, > 0.3 cycles/pixel; FD split by band)")
+                     "the radial band |f| ≤ 0.125, 0.125–0.3, > 0.3 cycles/pixel; FD split by band; last column: "
+                     f"distance of each sample to the converged ODE solution from the same noise, DPM-Solver 3 at "
+                     f"{ODE_REFERENCE_NFE} steps)")
         lines.append("")
-        lines.append("| sampler | tr C / tr Σ | low c/p | mid c/p | high c/p | FD low | FD mid | FD high |")
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append("| sampler | tr C / tr Σ | low c/p | mid c/p | high c/p | FD low | FD mid | FD high | "
+                     "‖x − x_ODE‖/‖x_ODE‖ |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for d in g["diag"]:
             spec = index.get(d["spec"])
             label = BASELINE_LABELS.get(d["spec"]) or (
                 f"{FAMILY_LABELS.get(d['family'], d['family'])} ({describe(spec)})" if spec else d["spec"])
             lines.append(f"| {label} | {d['var_ratio']:.3f} | {d['low_power_ratio']:.3f} | {d['mid_power_ratio']:.3f} "
-                         f"| {d['high_power_ratio']:.3f} | {d['low_fd']:.3f} | {d['mid_fd']:.3f} | {d['high_fd']:.3f} |")
+                         f"| {d['high_power_ratio']:.3f} | {d['low_fd']:.3f} | {d['mid_fd']:.3f} | {d['high_fd']:.3f} "
+                         f"| {d.get('ode_error', float('nan')):.3f} |")
         lines.append("")
+        by = {d["spec"]: d for d in g["diag"]}
+        ref_d = by.get(REFERENCE)
+        gam = next((d for d in g["diag"] if d["family"] == "gamma-dpm++2m"), None)
+        if ref_d and gam:
+            lines.append(
+                f"Reading: at NFE 10 the stock solvers are over-smooth — DPM-Solver++ 2M keeps "
+                f"{ref_d['high_power_ratio']:.2f} of the true high-frequency power and {ref_d['var_ratio']:.2f} of the "
+                f"total variance, and {ref_d['high_fd'] / max(ref_d['low_fd'] + ref_d['mid_fd'] + ref_d['high_fd'], 1e-12):.0%} "
+                f"of its FD is in the high band. LML (renormalised to ‖v‖) leaves the total variance unchanged "
+                f"({gam['var_ratio']:.2f}) and moves power from the low band ({ref_d['low_power_ratio']:.2f} → "
+                f"{gam['low_power_ratio']:.2f}) to the mid/high bands ({ref_d['mid_power_ratio']:.2f} → "
+                f"{gam['mid_power_ratio']:.2f}, {ref_d['high_power_ratio']:.2f} → {gam['high_power_ratio']:.2f}): it "
+                f"trades low-frequency accuracy for high-frequency energy. It also brings each sample closer to the "
+                f"converged ODE solution from the same noise ({ref_d.get('ode_error', float('nan')):.3f} → "
+                f"{gam.get('ode_error', float('nan')):.3f} relative), so part of the gain is a smaller "
+                "discretisation error, not only a spectral reshuffle. The Langevin correctors instead add total "
+                "variance (stochastic: they move away from the ODE solution by design)."
+                + ("" if any(best_lml(g, n)[1] < best_baseline(g, n)[1] for n in (15, 20) if n in g["nfes"]) else
+                   " At NFE 15–20, where the stock error is no longer dominated by over-smoothing, no LML variant "
+                   "beats the best stock solver."))
+            lines.append("")
     lines.append(f"Runtime: {total_cpu / 60:.1f} CPU minutes ({total_wall / 60:.1f} min wall) summed over all cells, "
                  "one thread.")
     lines.append("")
@@ -1020,9 +1081,9 @@ def plot_ratio(res: dict, path: Path) -> None:
     ax.axhline(GOAL_RATIO, color="k", ls=":", lw=0.8, label=f"goal {GOAL_RATIO}×")
     from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
-    ax.set_ylim(0.3, 2.5)
+    ax.set_ylim(0.15, 2.5)
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(FixedLocator([0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5]))
+    ax.yaxis.set_major_locator(FixedLocator([0.2, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5]))
     ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.yaxis.set_minor_formatter(NullFormatter())
     _log_nfe_axis(ax, res["nfes"])

@@ -698,7 +698,9 @@ class GMMDenoiser(AnalyticDenoiser):
             mu, s = means[sl][None], svar[sl][None]  # (1, k, C, H, W)
             v = a**2 * s + s2  # (B, k, C|1, H|1, W|1)
             r = x[:, None] - a * mu
-            logdet = torch.log(v).expand(r.shape).sum(dim=dims)
+            # Σ log v over the broadcast pixels, without materialising the broadcast: each entry of v repeats
+            # (pixels / entries of v) times.
+            logdet = torch.log(v).sum(dim=dims) * (r[0, 0].numel() // v[0, 0].numel())
             logits = log_pi[sl][None] - 0.5 * ((r**2 / v).sum(dim=dims) + logdet)
             comp_mean = mu + a * s / v * r  # (B, k, C, H, W)
 
