@@ -46,6 +46,12 @@ class LangevinCorrector:
         return index < num_steps - 1 if self.steps is None else index in self.steps
 
 
+def _epsilon(model, x: torch.Tensor, t) -> torch.Tensor:
+    """Call a plain ε function or a diffusers model (whose output has `.sample`)."""
+    out = model(x, t)
+    return out.sample if hasattr(out, "sample") else out
+
+
 def _vp_sigma_alpha(scheduler, t) -> tuple[float, float]:
     abar = float(scheduler.alphas_cumprod[int(t)])
     return (1 - abar) ** 0.5, abar**0.5
@@ -62,7 +68,7 @@ def sample(
 ) -> tuple[torch.Tensor, int]:
     """Run a VP (ε-prediction) diffusers scheduler with an optional Langevin corrector; return (x0, NFE).
 
-    `model(x, t)` returns ε. Without a corrector this is exactly the pipelines' loop (one NFE per step).
+    `model(x, t)` returns ε, or a diffusers output whose `.sample` is ε. Without a corrector this is exactly the pipelines' loop (one NFE per step).
     """
     if getattr(scheduler.config, "prediction_type", "epsilon") != "epsilon":
         raise ValueError("sample() with a corrector supports prediction_type='epsilon' schedulers")
@@ -71,7 +77,7 @@ def sample(
     past: list[torch.Tensor] = []
     nfe = 0
     for i, t in enumerate(timesteps):
-        eps = model(x, t)
+        eps = _epsilon(model, x, t)
         nfe += 1
         if corrector is not None and corrector.applies_to(i, len(timesteps)):
             sigma, _ = _vp_sigma_alpha(scheduler, t)
@@ -85,14 +91,14 @@ def sample(
             lamb = 1.0 / sigma**2
             for it in range(corrector.n_iter):
                 if it > 0 and corrector.extra_nfe:
-                    eps = model(x, t)
+                    eps = _epsilon(model, x, t)
                     nfe += 1
                 score = -eps.double() / sigma
                 noise = torch.randn(x.shape, generator=generator, dtype=torch.float64, device=x.device)
                 delta = langevin_step_size(score, noise, U, lamb, corrector.snr)
                 x = preconditioned_langevin_step(x, score, noise, U, lamb, delta)
             if corrector.extra_nfe:
-                eps = model(x, t)
+                eps = _epsilon(model, x, t)
                 nfe += 1
         past.insert(0, eps)
         del past[max(corrector.rank if corrector else 0, 1) :]
