@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
             opt.step()
             step += 1
         if (epoch + 1) % 10 == 0:
-            print(f"epoch {epoch + 1} loss {loss.item():.4f} train acc {accuracy(model, x_train, y_train):.4f}", flush=True)
+            acc = accuracy(model, x_train, y_train)
+            print(f"epoch {epoch + 1} loss {loss.item():.4f} train acc {acc:.4f}", flush=True)
     minutes = (time.monotonic() - t0) / 60
     train_acc, test_acc = accuracy(model, x_train, y_train), accuracy(model, x_test, y_test)
     print(f"held-out (test split, {x_test.shape[0]} images) accuracy {test_acc:.4f}", flush=True)

@@ -110,7 +110,8 @@ def random_smooth_phase(
             if fx == fy == 0:
                 continue
             amp = _uniform((n, 1, 1), -0.5, 0.5, generator) / (fx + fy)
-            off_x, off_y = _uniform((n, 1, 1), 0, 2 * math.pi, generator), _uniform((n, 1, 1), 0, 2 * math.pi, generator)
+            off_x = _uniform((n, 1, 1), 0, 2 * math.pi, generator)
+            off_y = _uniform((n, 1, 1), 0, 2 * math.pi, generator)
             phase = phase + amp * torch.cos(math.pi * fx * gx + off_x) * torch.cos(math.pi * fy * gy + off_y)
     scale = phase.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
     phase = phase * torch.clamp(max_phase / scale, max=1.0)

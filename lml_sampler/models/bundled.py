@@ -105,7 +105,8 @@ class DigitsClassifier(nn.Module):
     ):
         super().__init__()
         c1, c2 = channels
-        self.image_size, self.num_features, self.num_classes, self.channels = image_size, num_features, num_classes, (c1, c2)
+        self.image_size, self.num_features, self.num_classes = image_size, num_features, num_classes
+        self.channels = (c1, c2)
         self.body = nn.Sequential(
             nn.Conv2d(1, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(),
             nn.Conv2d(c1, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(),
