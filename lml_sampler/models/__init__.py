@@ -1,0 +1,14 @@
+"""Reference models: exact-score analytic denoisers and the bundled trained models."""
+
+from .analytic import AnalyticDenoiser, EmpiricalDenoiser, GaussianDenoiser, GMMDenoiser
+from .bundled import available_models, load_feature_extractor, load_pipeline
+
+__all__ = [
+    "AnalyticDenoiser",
+    "EmpiricalDenoiser",
+    "GMMDenoiser",
+    "GaussianDenoiser",
+    "available_models",
+    "load_feature_extractor",
+    "load_pipeline",
+]
