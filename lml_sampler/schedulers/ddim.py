@@ -7,6 +7,7 @@ from diffusers import DDIMScheduler, SchedulerMixin  # noqa: F401  (SchedulerMix
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
+from ._ddim import ddim_alphas
 from ._lm import LM_CONFIG_DOC, LMStateMixin, extend_init_signature, same_signature_as, split_lm_kwargs
 
 # `DiffusionPipeline.from_pretrained` imports this module and looks up `SchedulerMixin` in its namespace to pick the
@@ -73,15 +74,9 @@ class LMLDDIMScheduler(LMStateMixin, DDIMScheduler):
             return (prev_sample, out.pred_original_sample)
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=out.pred_original_sample)
 
-    def _alphas(self, timestep: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        prev_timestep = int(timestep) - self.config.num_train_timesteps // self.num_inference_steps
-        alpha_prod_t = self.alphas_cumprod[int(timestep)]
-        alpha_prod_t_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
-        return alpha_prod_t, alpha_prod_t_prev, prev_timestep
-
     def _direction_epsilon(self, model_output, timestep, sample, pred_original_sample, use_clipped_model_output):
         """The ε of the parent's direction term (scheduling_ddim.py, steps 3 and 5)."""
-        alpha_prod_t, _, _ = self._alphas(timestep)
+        alpha_prod_t, _, _ = ddim_alphas(self, timestep)
         beta_prod_t = 1 - alpha_prod_t
         if use_clipped_model_output:
             return (sample - alpha_prod_t ** (0.5) * pred_original_sample) / beta_prod_t ** (0.5)
@@ -93,7 +88,7 @@ class LMLDDIMScheduler(LMStateMixin, DDIMScheduler):
 
     def _direction_coefficient(self, timestep, eta: float) -> float:
         """√(1 − ᾱ_prev − σ_t²), σ_t = η·√variance: the weight of ε in the parent's update."""
-        _, alpha_prod_t_prev, prev_timestep = self._alphas(timestep)
+        _, alpha_prod_t_prev, prev_timestep = ddim_alphas(self, timestep)
         std_dev_t = eta * self._get_variance(int(timestep), prev_timestep) ** 0.5
         return float((1 - alpha_prod_t_prev - std_dev_t**2) ** 0.5)
 

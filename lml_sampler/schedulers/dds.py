@@ -38,6 +38,7 @@ from diffusers import DDIMScheduler, SchedulerMixin  # noqa: F401  (SchedulerMix
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
 from lml_sampler.math.cg import conjugate_gradient
+from lml_sampler.schedulers._ddim import ddim_alphas
 from lml_sampler.operators.base import LinearOperator, complex_to_real, real_to_complex
 
 __all__ = ["DDSScheduler", "DDSSchedulerOutput", "ddnm_to_ddim_eta"]
@@ -232,9 +233,8 @@ class DDSScheduler(DDIMScheduler):
         if self._operator is None:
             raise RuntimeError("DDSScheduler: call set_measurement(operator, y, ...) before step()")
         t = int(timestep)
-        prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
-        a_t = float(self.alphas_cumprod[t])
-        a_prev = float(self.alphas_cumprod[prev_t]) if prev_t >= 0 else float(self.final_alpha_cumprod)
+        alpha_prod_t, alpha_prod_t_prev, prev_t = ddim_alphas(self, t)
+        a_t, a_prev = float(alpha_prod_t), float(alpha_prod_t_prev)
         if self.eta_type == "ddnm":
             eta_ddim = ddnm_to_ddim_eta(float(eta), a_t, a_prev)
         else:
