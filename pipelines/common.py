@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 
-from lml_sampler.operators.base import AffineInput, LinearOperator, complex_to_real, real_to_complex
+from lml_sampler.operators.base import AffineInput, LinearOperator, complex_to_real, to_operator_domain
 
 __all__ = [
     "ReconstructionOutput",
@@ -47,19 +47,6 @@ def model_space_problem(
         raise ValueError(f"operator_range must be (lo, hi) with hi > lo, got {operator_range!r}")
     aff = AffineInput(operator, scale=(hi - lo) / 2, offset=(hi + lo) / 2)
     return aff, aff.shift_measurement(y), aff
-
-
-def to_operator_domain(x: torch.Tensor, operator: LinearOperator) -> torch.Tensor:
-    """Model-space real ``(B, C, H, W)`` -> operator domain (complex with C/2 channels for complex operators)."""
-    if operator.dtype == "complex":
-        if x.shape[1] != 2 * operator.in_shape[0]:
-            raise TypeError(
-                f"{operator.name} takes {operator.in_shape[0]} complex channel(s): the model needs "
-                f"{2 * operator.in_shape[0]} real channels (Re, Im), got {x.shape[1]}; wrap a real prior's operator "
-                "in RealInput(op)"
-            )
-        return real_to_complex(x)
-    return x
 
 
 def from_operator_domain(z: torch.Tensor) -> torch.Tensor:

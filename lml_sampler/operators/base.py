@@ -236,3 +236,17 @@ class AffineInput(LinearOperator):
     def from_model(self, x: torch.Tensor) -> torch.Tensor:
         """Model-space image -> physical: ``scale * x + offset``."""
         return self.scale * x + self.offset
+
+
+def to_operator_domain(x: torch.Tensor, operator: "LinearOperator") -> torch.Tensor:
+    """Model-space real ``(B, C, H, W)`` -> the operator's domain: complex with C/2 channels (Re, Im pairs) for a
+    complex operator, unchanged for a real one."""
+    if operator.dtype == "complex":
+        if x.shape[1] != 2 * operator.in_shape[0]:
+            raise TypeError(
+                f"{operator.name} takes {operator.in_shape[0]} complex channel(s): the model needs "
+                f"{2 * operator.in_shape[0]} real channels (Re, Im), got {x.shape[1]}; wrap a real prior's operator "
+                "in RealInput(op)"
+            )
+        return real_to_complex(x)
+    return x

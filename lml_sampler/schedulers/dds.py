@@ -39,7 +39,7 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
 from lml_sampler.math.cg import conjugate_gradient
 from lml_sampler.schedulers._ddim import ddim_alphas
-from lml_sampler.operators.base import LinearOperator, complex_to_real, real_to_complex
+from lml_sampler.operators.base import LinearOperator, complex_to_real, to_operator_domain
 
 __all__ = ["DDSScheduler", "DDSSchedulerOutput", "ddnm_to_ddim_eta"]
 
@@ -171,16 +171,7 @@ class DDSScheduler(DDIMScheduler):
     # -- the step ---------------------------------------------------------------------------------------------------
     def _to_operator_domain(self, x0: torch.Tensor) -> torch.Tensor:
         op = self._operator
-        if op.dtype == "complex":
-            if x0.shape[1] != 2 * op.in_shape[0]:
-                raise TypeError(
-                    f"{op.name} acts on {op.in_shape[0]} complex channel(s), so the model must have "
-                    f"{2 * op.in_shape[0]} real channels (Re, Im), got {x0.shape[1]}; for a real-valued prior wrap "
-                    "the operator in RealInput(op)"
-                )
-            z = real_to_complex(x0)
-        else:
-            z = x0
+        z = to_operator_domain(x0, op)
         if tuple(z.shape[1:]) != op.in_shape:
             raise ValueError(
                 f"model sample {tuple(x0.shape)} does not match {op.name} input (B, {', '.join(map(str, op.in_shape))})"
