@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 
-from lml_sampler.operators.base import AffineInput, LinearOperator, complex_to_real, to_operator_domain
+from lml_sampler.operators.base import AffineInput, LinearOperator, from_operator_domain, to_operator_domain
 
 __all__ = [
     "ReconstructionOutput",
@@ -47,10 +47,6 @@ def model_space_problem(
         raise ValueError(f"operator_range must be (lo, hi) with hi > lo, got {operator_range!r}")
     aff = AffineInput(operator, scale=(hi - lo) / 2, offset=(hi + lo) / 2)
     return aff, aff.shift_measurement(y), aff
-
-
-def from_operator_domain(z: torch.Tensor) -> torch.Tensor:
-    return complex_to_real(z) if z.is_complex() else z
 
 
 def relative_residual(operator: LinearOperator, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -13,31 +13,23 @@ from typing import Callable
 
 import torch
 
+from .reductions import batch_vdot, per_sample
+
 __all__ = ["conjugate_gradient", "batch_dot"]
 
 
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.complex128) if x.is_complex() else x.to(torch.float64)
-
-
 def batch_dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Real part of the Hermitian inner product ``Re sum(conj(u) * v)`` per sample, in float64, shape ``(B,)``.
+    """Real part of the per-sample Hermitian inner product ``Re sum(conj(u) * v)``, float64, shape ``(B,)``.
 
     For a Hermitian operator ``H``, ``<p, H p>`` is real, and ``<r, r>`` always is; taking the real part discards
-    only round-off. The sum runs over all non-batch dims (``dim=tuple(range(1, ndim))``).
+    only round-off.
     """
-    if u.shape != v.shape:
-        raise ValueError(f"batch_dot: shapes differ, u {tuple(u.shape)} vs v {tuple(v.shape)}")
-    prod = _wide(u).conj() * _wide(v) if u.is_complex() or v.is_complex() else _wide(u) * _wide(v)
-    if prod.is_complex():
-        prod = prod.real
-    return prod.sum(dim=tuple(range(1, u.ndim))) if u.ndim > 1 else prod
+    return batch_vdot(u, v).real
 
 
 def _bcast(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Per-sample float64 scalar ``(B,)`` -> broadcastable real tensor in the working precision of ``like``."""
-    real = like.real.dtype if like.is_complex() else like.dtype
-    return s.to(real).view(-1, *([1] * (like.ndim - 1)))
+    return per_sample(s.to(like.real.dtype if like.is_complex() else like.dtype), like)
 
 
 def conjugate_gradient(

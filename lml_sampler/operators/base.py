@@ -250,3 +250,8 @@ def to_operator_domain(x: torch.Tensor, operator: "LinearOperator") -> torch.Ten
             )
         return real_to_complex(x)
     return x
+
+
+def from_operator_domain(z: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`to_operator_domain`: complex -> 2-channel real (Re, Im pairs); real unchanged."""
+    return complex_to_real(z) if z.is_complex() else z

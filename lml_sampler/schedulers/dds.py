@@ -39,7 +39,7 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
 from lml_sampler.math.cg import conjugate_gradient
 from lml_sampler.schedulers._ddim import ddim_alphas
-from lml_sampler.operators.base import LinearOperator, complex_to_real, to_operator_domain
+from lml_sampler.operators.base import LinearOperator, from_operator_domain, to_operator_domain
 
 __all__ = ["DDSScheduler", "DDSSchedulerOutput", "ddnm_to_ddim_eta"]
 
@@ -200,7 +200,7 @@ class DDSScheduler(DDIMScheduler):
 
             b = z + gamma * AHy
         z_dc, iters = conjugate_gradient(apply, b, x0=z, max_iter=self.cg_iters, tol=self.cg_tol)
-        x_dc = complex_to_real(z_dc) if z_dc.is_complex() else z_dc
+        x_dc = from_operator_domain(z_dc)
         return x_dc.to(x0.dtype), iters
 
     def step(
