@@ -52,9 +52,8 @@ def _epsilon(model, x: torch.Tensor, t) -> torch.Tensor:
     return out.sample if hasattr(out, "sample") else out
 
 
-def _vp_sigma_alpha(scheduler, t) -> tuple[float, float]:
-    abar = float(scheduler.alphas_cumprod[int(t)])
-    return (1 - abar) ** 0.5, abar**0.5
+def _vp_sigma(scheduler, t) -> float:
+    return (1 - float(scheduler.alphas_cumprod[int(t)])) ** 0.5
 
 
 @torch.no_grad()
@@ -80,7 +79,7 @@ def sample(
         eps = _epsilon(model, x, t)
         nfe += 1
         if corrector is not None and corrector.applies_to(i, len(timesteps)):
-            sigma, _ = _vp_sigma_alpha(scheduler, t)
+            sigma = _vp_sigma(scheduler, t)
             d = x[0].numel()
             history = past[: corrector.rank]
             U = (

@@ -93,7 +93,13 @@ class LMLDDIMScheduler(LMStateMixin, DDIMScheduler):
         return float((1 - alpha_prod_t_prev - std_dev_t**2) ** 0.5)
 
     def _schedule_index(self, timestep: int | torch.Tensor) -> int:
-        """Position of `timestep` in the schedule: DDIM keeps no step counter, and its timesteps are distinct."""
+        """Position of `timestep` in the schedule: DDIM keeps no step counter, and its timesteps are distinct.
+
+        Only `freeze` reads the position, so without it the lookup (a host sync on accelerators) is skipped and 0,
+        which no gate with freeze = 0 freezes, stands in.
+        """
+        if self.config.freeze == 0:
+            return 0
         hits = (self.timesteps == int(timestep)).nonzero()
         if len(hits) == 0:
             if self.config.freeze > 0:
