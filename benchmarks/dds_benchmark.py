@@ -1,11 +1,13 @@
 """DDS benchmark: PSNR/SSIM vs NFE for DDS, DPS and classical baselines on CT and MRI phantoms; CG ablation; cost.
 
-Resumable: every (task, method, NFE, knob) cell is one JSON file written atomically under ``OUT/cells``; rerunning
-skips finished cells. ``--quick`` runs a small smoke grid. The README section "dds" is regenerated from the cells
-(``--report-only`` rebuilds it without computing anything).
+Resumable: every (task, method, NFE, knob) cell is one folder of the result store ``OUT/cells``
+(:class:`lml_sampler._io.CellStore`), its result written atomically; rerunning skips finished cells and refuses a
+folder whose cells describe another computation. ``--quick`` runs a small smoke grid and leaves the README alone;
+otherwise the README section "dds" is regenerated from the cells (``--stage report`` rebuilds it without computing
+anything). Run from the repository root:
 
-    python benchmarks/dds_benchmark.py --out runs/dds_benchmark            # the grid (see --help for subsets)
-    python benchmarks/dds_benchmark.py --out runs/dds_quick --quick --no-readme
+    python -m benchmarks.dds_benchmark --out runs/dds_benchmark            # the grid (see --help for subsets)
+    python -m benchmarks.dds_benchmark --out runs/dds_quick --quick
 
 The model is snapshotted into ``OUT/model`` on the first run, so a resumed run uses the same weights even if the
 bundled model is retrained meanwhile. Knobs of every method are tuned on *validation* phantoms (disjoint seeds) over
@@ -19,18 +21,16 @@ import json
 import math
 import os
 import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from lml_sampler._io import CellStore, atomic_folder, atomic_open, atomic_write, atomic_write_json
+from lml_sampler.pipelines.reconstruct import load_prior
+from lml_sampler.pipelines.tasks import evaluate, make_task, run_method
 
-from pipelines.tasks import evaluate, make_task, run_method  # noqa: E402
+from .readme import update_readme_section
 
 #: Task configurations of the issue's grid.
 CONFIGS = {
@@ -60,36 +60,29 @@ def family(cfg: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _atomic_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
+def cell_store(out: Path) -> CellStore:
+    """The benchmark's cells: ``OUT/cells/<name>/`` (``cell.json``: what it computes, ``result.json``: the record)."""
+    return CellStore(out / "cells")
 
 
 class Runner:
     def __init__(self, out: Path, model: str, n: int, n_valid: int, seed: int = 0):
         self.out, self.n, self.n_valid, self.seed = out, n, n_valid, seed
-        self.cells = out / "cells"
-        self.pipe = self._load_model(model)
+        self.store = cell_store(out)
+        self.prior = self._load_prior(model)
         self._tasks: dict = {}
 
-    def _load_model(self, model: str):
-        from pipelines.reconstruct import load_model_pipeline
-
+    def _load_prior(self, model: str):
         if model in ("random-tiny", "gaussian"):
-            return load_model_pipeline(model)
+            return load_prior(model)
         snap = self.out / "model"
         if not (snap / "model_index.json").is_file():
             from lml_sampler.models.bundled import bundled_path
 
             src = bundled_path(model) if "/" not in model else Path(model)
-            tmp = self.out / ".model.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(src, tmp)
-            os.replace(tmp, snap)
-        return load_model_pipeline(str(snap))
+            with atomic_folder(snap) as tmp:
+                shutil.copytree(src, tmp, dirs_exist_ok=True)
+        return load_prior(str(snap))
 
     def model_info(self) -> dict:
         f = self.out / "model" / "training.json"
@@ -107,23 +100,27 @@ class Runner:
 
     def cell(self, name: str, cfg: str, method: str, nfe: int = 0, split: str = "test", n: int | None = None,
              **knobs) -> dict:
-        path = self.cells / f"{name}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        task = self.task(cfg, split, n)
-        g = torch.Generator().manual_seed(1000 + self.seed)
-        x, stats = run_method(method, task, self.pipe, nfe=nfe, generator=g, **knobs)
-        metrics = evaluate(task, x)
-        rec = {
-            "name": name, "config": cfg, "method": method, "nfe": nfe, "split": split, "n": task.x.shape[0],
-            "knobs": knobs, "stats": stats, **metrics,
-            "seconds_per_image": stats["seconds"] / task.x.shape[0],
-            "threads": torch.get_num_threads(),
-        }
-        _atomic_json(path, rec)
-        print(f"[{time.strftime('%H:%M:%S')}] {name:40s} PSNR {_m(rec['psnr']):6.2f}  SSIM {_m(rec['ssim']):.3f}  "
-              f"res {_m(rec['residual']):.3f}  {rec['seconds_per_image']:.2f} s/img", flush=True)
-        return rec
+        """The record of cell ``name`` (``method`` on config ``cfg``), computed unless already stored."""
+        n = n or (self.n if split == "test" else self.n_valid)
+        manifest = {"config": cfg, "method": method, "nfe": nfe, "split": split, "n": n, "seed": self.seed,
+                    "knobs": knobs}
+
+        def compute() -> dict:
+            task = self.task(cfg, split, n)
+            g = torch.Generator().manual_seed(1000 + self.seed)
+            x, stats = run_method(method, task, self.prior, nfe=nfe, generator=g, **knobs)
+            metrics = evaluate(task, x)
+            rec = {
+                "name": name, "config": cfg, "method": method, "nfe": nfe, "split": split, "n": task.x.shape[0],
+                "knobs": knobs, "stats": stats, **metrics,
+                "seconds_per_image": stats["seconds"] / task.x.shape[0],
+                "threads": torch.get_num_threads(),
+            }
+            print(f"[{time.strftime('%H:%M:%S')}] {name:40s} PSNR {_m(rec['psnr']):6.2f}  SSIM {_m(rec['ssim']):.3f}  "
+                  f"res {_m(rec['residual']):.3f}  {rec['seconds_per_image']:.2f} s/img", flush=True)
+            return rec
+
+        return self.store.ensure(name, manifest, compute)
 
 
 def _m(v) -> float:
@@ -165,7 +162,7 @@ def tune(r: Runner, cfgs, quick: bool, dps_nfes, big_nfe: int | None = None, big
         b: dict = {"dps": {}}
         if big_nfe is not None:
             if cfg in big_cfgs:
-                # Validation probe (ct8, 2 phantoms): ζ 0.3 -> 22.4 dB, 1 -> 26.0 dB at 1000 NFE.
+                # A small grid on 2 phantoms: every cell back-propagates through the network big_nfe times.
                 grid = [{"zeta": z} for z in ((1.0,) if quick else BIG_ZETAS)]
                 b["dps"][big_nfe] = pick("dps", cfg, "dps", big_nfe, grid, n=2)
             best[cfg] = b
@@ -196,7 +193,7 @@ def tune(r: Runner, cfgs, quick: bool, dps_nfes, big_nfe: int | None = None, big
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def run_grid(r: Runner, cfgs, best, nfes, dps1000_cfgs, ablation_cfgs, dps_big: int) -> None:
+def run_grid(r: Runner, cfgs, best, nfes, ablation_cfgs) -> None:
     for cfg in cfgs:
         b = best[cfg]
         fam_base = "fbp" if family(cfg) == "ct" else "zerofill"
@@ -214,8 +211,6 @@ def run_grid(r: Runner, cfgs, best, nfes, dps1000_cfgs, ablation_cfgs, dps_big: 
         mid = 50 if 50 in nfes else nfes[-1]
         for m in CG_ABLATION:
             r.cell(f"{cfg}__dds__nfe{mid}__M{m}", cfg, "dds", mid, **{**best[cfg]["dds"], "cg_iters": m})
-    for cfg in dps1000_cfgs:
-        r.cell(f"{cfg}__dps__nfe{dps_big}", cfg, "dps", dps_big, **best[cfg]["dps"][dps_big])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -224,11 +219,7 @@ def run_grid(r: Runner, cfgs, best, nfes, dps1000_cfgs, ablation_cfgs, dps_big: 
 
 
 def _load_cells(out: Path) -> dict:
-    cells = {}
-    for f in sorted((out / "cells").glob("*.json")):
-        rec = json.loads(f.read_text())
-        cells[rec["name"]] = rec
-    return cells
+    return {rec["name"]: rec for rec in cell_store(out).results()}
 
 
 def _fmt(rec, key="psnr", digits=2) -> str:
@@ -256,7 +247,7 @@ def report(out: Path, cfgs, nfes, dps_big: int, model_info: dict, caption_extra:
         f"**{n} test phantoms, one seed**; mean ± std over phantoms. PSNR/SSIM (torchmetrics) with data_range 1 "
         f"(MRI: real phantoms, RealInput SENSE operator, 4 simulated coils, uniform-1D masks with 8 % ACS). All operators "
         f"have ‖A‖ = 1; σ is the noise std per measured entry (complex: E|n|² = σ²). Knobs tuned on validation "
-        f"phantoms (see `runs/.../cells/tune__*`). Produced by `benchmarks/dds_benchmark.py`. {caption_extra}"
+        f"phantoms (see `runs/.../cells/tune__*`). Produced by `python -m benchmarks.dds_benchmark`. {caption_extra}"
     )
     lines.append("")
     # PSNR vs NFE
@@ -311,14 +302,14 @@ def report(out: Path, cfgs, nfes, dps_big: int, model_info: dict, caption_extra:
     lines.append("**Targets.**")
     lines.append("")
     def mtime(name):
-        return (out / "cells" / f"{name}.json").stat().st_mtime
+        return cell_store(out).cell(name).result_path.stat().st_mtime
 
     for cfg in cfgs:
         d, p = c(f"{cfg}__dds__nfe{mid}"), c(f"{cfg}__dps__nfe{dps_big}")
         if d and p:
             gain = _m(d["psnr"]) - _m(p["psnr"])
-            # The machine load changed during the run: time DDS with whichever identical DDS cell (main table or
-            # the M=5 ablation cell) finished closest in time to the DPS cell.
+            # Wall times depend on the machine's load when a cell ran: time DDS with whichever identical DDS cell
+            # (main table or the M=5 ablation cell) finished closest in time to the DPS cell.
             twins = [n for n in (f"{cfg}__dds__nfe{mid}", f"{cfg}__dds__nfe{mid}__M5") if c(n)]
             twin = min(twins, key=lambda n: abs(mtime(n) - mtime(f"{cfg}__dps__nfe{dps_big}")))
             speed = p["seconds_per_image"] / max(c(twin)["seconds_per_image"], 1e-9)
@@ -362,10 +353,8 @@ def plot(out: Path, cfgs, nfes) -> None:
         ax.set_ylabel("PSNR (dB)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, out / "psnr_vs_nfe.png")
+    with atomic_open(out / "psnr_vs_nfe.png") as fh:
+        fig.savefig(fh, format="png", dpi=90)
     plt.close(fig)
 
 
@@ -386,7 +375,7 @@ def main(argv=None) -> int:
                         "run them in two processes to use two cores)")
     p.add_argument("--stage", default="all", choices=("all", "tune", "grid", "report"))
     p.add_argument("--caption", default="", help="extra text appended to the table caption (e.g. what was skipped)")
-    p.add_argument("--no-readme", action="store_true")
+    p.add_argument("--no-readme", action="store_true", help="do not update README.md (--quick never does)")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -409,22 +398,20 @@ def main(argv=None) -> int:
     if args.stage != "report":
         if "small" in parts:
             best = tune(r, cfgs, args.quick, tuple(nfes))
-            _atomic_json(out / "tuned_small.json", best)
+            atomic_write_json(out / "tuned_small.json", best)
             if args.stage in ("all", "grid"):
-                run_grid(r, cfgs, best, nfes, [], abl_cfgs, dps_big)
+                run_grid(r, cfgs, best, nfes, abl_cfgs)
         if "big" in parts and big_cfgs:
             best = tune(r, big_cfgs, args.quick, (), big_nfe=dps_big, big_cfgs=big_cfgs)
-            _atomic_json(out / "tuned_big.json", best)
+            atomic_write_json(out / "tuned_big.json", best)
             if args.stage in ("all", "grid"):
                 for cfg in big_cfgs:
                     r.cell(f"{cfg}__dps__nfe{dps_big}", cfg, "dps", dps_big, **best[cfg]["dps"][dps_big])
     md = report(out, cfgs, nfes, dps_big, r.model_info(), args.caption)
-    (out / "report.md").write_text(md)
+    atomic_write(out / "report.md", md)
     plot(out, cfgs, nfes)
     print(md)
     if not args.no_readme and not args.quick:
-        from scripts.readme_section import update_readme_section
-
         # The plot stays in the (git-ignored) run folder; the README gets the tables only.
         update_readme_section("dds", md)
     return 0

@@ -5,7 +5,7 @@ The feature pass is what a sweep does per generated batch: uint8 images -> extra
 Memory: the process's peak RSS is recorded after streaming N = 1k, 4k, 16k, ... images through the pass in the
 same process; constant-memory statistics keep it flat (only O(d²) state, independent of N).
 
-    OMP_NUM_THREADS=1 python benchmarks/fid_throughput.py [--extractors digits-features,random-conv] [--out FILE]
+    OMP_NUM_THREADS=1 python -m benchmarks.fid_throughput [--extractors digits-features,random-conv] [--out FILE]
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from eval.extractors import load_feature_extractor  # noqa: E402
-from eval.fid import FeatureStatistics  # noqa: E402
+from lml_sampler.eval.extractors import load_feature_extractor
+from lml_sampler.eval.fid import FeatureStatistics
 
 
 def _peak_rss_mib() -> float:

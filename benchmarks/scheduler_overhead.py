@@ -3,16 +3,14 @@
 Timings on shared cores are noisy, so runs of parent and child alternate, each configuration is repeated, and the
 README reports the median of the per-pair ratios from one run of this script:
 
-    python benchmarks/scheduler_overhead.py --repeats 7 --readme
+    python -m benchmarks.scheduler_overhead --repeats 7 --readme
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
@@ -113,8 +111,7 @@ def main() -> None:
     md = to_markdown(measure(args.batch, args.size, args.steps, args.repeats, args.lamb, args.kappa), args)
     print(md)
     if args.readme:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from scripts.readme_section import update_readme_section
+        from .readme import update_readme_section
 
         update_readme_section("overhead", md)
 

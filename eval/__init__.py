@@ -1,12 +1,14 @@
-"""Evaluation of diffusers samplers: FID (Inception or domain features), exact metrics for analytic models,
-resumable / sharded model × sampler × NFE sweeps and their reports. CLI: ``lml-eval``."""
+"""Evaluation of diffusers samplers (``lml_sampler.eval``): FID with Inception or domain features, exact metrics
+for analytic models, resumable sharded model × sampler × NFE sweeps and their reports. CLI: ``lml-eval``."""
 
+from lml_sampler.schedulers.registry import make_scheduler, parse_sampler, sampler_names
+
+from .distributed import DistInfo, dist_info
 from .exact import (
     gaussian_frechet_distance,
     linear_sampler_distance,
     mixture_moments,
     monte_carlo_floor,
-    sample_loop,
     transfer_matrix,
 )
 from .extractors import (
@@ -29,16 +31,17 @@ from .fid import (
     save_statistics,
     torchmetrics_fid,
 )
-from .generate import ModelSampler, PipelineSampler, initial_noise, run_shards, sample_generators, sample_seed
-from .samplers import SAMPLERS, make_scheduler
+from .generate import ModelSampler, PipelineSampler
+from .seeding import initial_noise, sample_generators, sample_seed
+from .shards import run_shards
 
 __all__ = [
-    "DomainFeatures", "FeatureStatistics", "InceptionV3Features", "ModelSampler", "PipelineSampler",
-    "RandomConvFeatures", "SAMPLERS", "Statistics", "compute_statistics", "extract_features", "fid_from_features",
+    "DistInfo", "DomainFeatures", "FeatureStatistics", "InceptionV3Features", "ModelSampler", "PipelineSampler",
+    "RandomConvFeatures", "Statistics", "compute_statistics", "dist_info", "extract_features", "fid_from_features",
     "fid_against_statistics", "find_inception_weights", "frechet_distance", "gaussian_frechet_distance",
     "initial_noise", "linear_sampler_distance", "load_feature_extractor", "load_statistics", "make_scheduler",
-    "mixture_moments", "monte_carlo_floor", "quantize_uint8", "resize_bilinear_tf1", "run_shards",
-    "sample_generators", "sample_loop", "sample_seed", "save_statistics", "torchmetrics_fid", "transfer_matrix",
+    "mixture_moments", "monte_carlo_floor", "parse_sampler", "quantize_uint8", "resize_bilinear_tf1", "run_shards",
+    "sample_generators", "sample_seed", "sampler_names", "save_statistics", "torchmetrics_fid", "transfer_matrix",
 ]
 
 

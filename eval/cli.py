@@ -1,11 +1,11 @@
 """``lml-eval``: FID-vs-NFE sweeps, reference statistics and FID, following pytorch-fid / clean-fid conventions.
 
-    lml-eval sweep --out runs/sweep [--readme]          # the README's main job (defaults: a few minutes on 2 CPUs)
+    lml-eval sweep --out runs/sweep                     # the README's main job (defaults: a few minutes on 2 CPUs)
     lml-eval stats digits:test --out ref.npz --extractor digits-features
     lml-eval stats path/to/images --out ref.npz          # Inception (needs the [inception] extra + weights)
     lml-eval fid path/to/samples ref.npz                 # folder (or .npz statistics) vs statistics
-    accelerate launch --multi_gpu --num_processes 2 -m eval.cli sweep --out runs/sweep   # sharded (GPUs or CPU)
-    torchrun --nproc_per_node 2 -m eval.cli sweep --out runs/sweep                      # the same with torchrun
+    accelerate launch --multi_gpu --num_processes 2 -m lml_sampler.eval.cli sweep --out runs/sweep   # sharded (GPUs or CPU)
+    torchrun --nproc_per_node 2 -m lml_sampler.eval.cli sweep --out runs/sweep                      # the same with torchrun
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from .extractors import extract_features, load_feature_extractor
 from .fid import compute_statistics, frechet_distance, load_statistics, quantize_uint8, save_statistics
-from .samplers import SAMPLERS
+from lml_sampler.schedulers.registry import parse_sampler, sampler_names
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -75,14 +75,11 @@ def _parse_list(text: str, cast=str) -> tuple:
 
 
 def cmd_sweep(args) -> int:
-    from .report import update_readme
     from .sweep import SweepConfig, run_sweep
-
-    from .samplers import parse_sampler_spec
 
     for spec in args.samplers:
         try:
-            parse_sampler_spec(spec)
+            parse_sampler(spec)
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
     models = list(args.models)
@@ -100,14 +97,11 @@ def cmd_sweep(args) -> int:
                       extractor=args.extractor, inception_weights=args.inception_weights, ref_stats=args.ref_stats,
                       prompts=args.prompts, guidance_scale=args.guidance_scale, device=args.device,
                       progress=not args.no_progress, grid_samples=args.grid_samples)
-    rows = run_sweep(cfg)
-    from .generate import dist_info
+    run_sweep(cfg)
+    from .distributed import dist_info
 
     if dist_info(cpu=str(args.device) == "cpu").is_main:
         print((Path(args.out) / "results.md").read_text())
-        if args.readme:
-            image = update_readme(rows, args.out, command="lml-eval sweep " + " ".join(sys.argv[2:]))
-            print(f"README section 'sweep' updated; plot copied to {image}")
     return 0
 
 
@@ -145,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models", type=_parse_list, default=DEFAULT_MODELS,
                    help="comma list: digits, gmm, gaussian, or pipeline folders / Hub ids (default: digits,gmm)")
     s.add_argument("--samplers", type=_parse_list, default=DEFAULT_SAMPLERS,
-                   help=f"comma list from {', '.join(SAMPLERS)}; LML settings per sampler as "
-                        f"lml-ddim@kappa=1e-2:lamb=0.5 (default: {','.join(DEFAULT_SAMPLERS)})")
+                   help=f"comma list from {', '.join(sampler_names())}, each optionally with a discretisation "
+                        "suffix (-karras, -lu, -exp, -beta, -trailing, ...) and settings, e.g. "
+                        f"lml-dpm++2m-karras@kappa=1e-3:lm_gamma=0.3 (default: {','.join(DEFAULT_SAMPLERS)})")
     s.add_argument("--nfe", type=lambda t: _parse_list(t, int), default=DEFAULT_NFE, help="comma list (default 5,10,20)")
     s.add_argument("--seed", type=int, default=0, help="seed set: sample i uses the seed hash(seed, i)")
     s.add_argument("--num-samples", type=int, default=None,
@@ -163,8 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     s.add_argument("--grid-samples", type=int, default=8, help="images per row of the per-sampler grids (0: none)")
     s.add_argument("--skip-missing", action="store_true", help="skip bundled models whose weights are absent")
-    s.add_argument("--readme", action="store_true",
-                   help="also write the README 'sweep' section and docs/images/fid_vs_nfe.png")
     s.add_argument("--no-progress", action="store_true")
     extractor_args(s, None)
     s.set_defaults(func=cmd_sweep)
@@ -185,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    # TF32 convolutions make GPU features depend on the batch size (fid.md §1.3): reference-quality FID without them
+    # TF32 convolutions make GPU features depend on the batch size (docs/fid.md §3): reference-quality FID without them
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     args = build_parser().parse_args(argv)

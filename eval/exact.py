@@ -3,7 +3,7 @@
 * Gaussian data N(μ, Σ): the Fréchet distance of an output N(m, C) is closed form (:func:`gaussian_frechet_distance`).
 * Linear samplers on a linear denoiser (DDIM, DPM-Solver(++), UniPC on Gaussian data): the sampler is a linear map
   ``x_T ↦ x_0 = M x_T``; running it on the d basis vectors at once gives ``M`` and the output law ``N(0, M Mᵀ)``
-  exactly, with no Monte-Carlo error (:func:`transfer_matrix`). See ``/work/shared/spec/benchmarks.md``.
+  exactly, with no Monte-Carlo error (:func:`transfer_matrix`). See ``docs/exact-score-benchmark.md``.
 * Anything else (nonlinear samplers such as LML with κ > 0, mixtures): estimate (m, C) from samples and report the
   floor — the distance of as many *exact* data samples to the truth (:func:`monte_carlo_floor`).
 """
@@ -15,11 +15,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from lml_sampler.sampling import sample
+
 from .fid import Statistics, compute_statistics, frechet_distance
 
 __all__ = [
     "gaussian_frechet_distance",
-    "sample_loop",
     "transfer_matrix",
     "linear_sampler_distance",
     "mixture_moments",
@@ -32,35 +33,13 @@ def gaussian_frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return frechet_distance((mu1, sigma1), (mu2, sigma2))
 
 
-def sample_loop(model: Callable, scheduler, x_T: torch.Tensor, num_inference_steps: int,
-                generator=None) -> tuple[torch.Tensor, int]:
-    """Run a diffusers scheduler on an unconditional model the way ``DDPMPipeline`` does; no clamping.
-
-    Returns ``(x_0, nfe)`` with ``nfe`` the number of model calls. ``generator`` (one per sample, a list, or
-    None) is forwarded to ``scheduler.step`` when the step accepts it (stochastic samplers).
-    """
-    import inspect
-
-    scheduler.set_timesteps(num_inference_steps)
-    x = x_T * getattr(scheduler, "init_noise_sigma", 1.0)
-    step_kw = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-    nfe = 0
-    for t in scheduler.timesteps:
-        x_in = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
-        out = model(x_in, t)
-        out = out.sample if hasattr(out, "sample") else out[0] if isinstance(out, tuple) else out
-        nfe += 1
-        x = scheduler.step(out, t, x, **step_kw).prev_sample
-    return x, nfe
-
-
 def transfer_matrix(model: Callable, scheduler, num_inference_steps: int, sample_shape: tuple[int, ...],
                     dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Matrix ``M`` (d, d) with ``x_0 = M x_T`` of a *linear* sampler on a *linear* model: column i is the output
     for ``x_T = e_i`` (the d basis vectors run as one batch)."""
     d = int(np.prod(sample_shape))
     basis = torch.eye(d, dtype=dtype).reshape(d, *sample_shape)
-    out, _ = sample_loop(model, scheduler, basis, num_inference_steps)
+    out, _ = sample(model, scheduler, basis, num_inference_steps)
     return out.double().reshape(d, d).T
 
 
@@ -74,7 +53,7 @@ def linear_sampler_distance(model, scheduler, num_inference_steps: int, dtype: t
     shape = tuple(model.data_shape)
     d = int(np.prod(shape))
     x = torch.cat([torch.zeros(1, *shape, dtype=dtype), torch.eye(d, dtype=dtype).reshape(d, *shape)])
-    out, _ = sample_loop(model, scheduler, x, num_inference_steps)
+    out, _ = sample(model, scheduler, x, num_inference_steps)
     out = out.double().reshape(d + 1, d)
     b, m = out[0], (out[1:] - out[0]).T
     mean = getattr(model, "mean", None)

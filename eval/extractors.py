@@ -163,14 +163,9 @@ def load_feature_extractor(
     if name == "random-conv":
         return DomainFeatures(RandomConvFeatures(in_channels=in_channels), name="random-conv")
     if name == "digits-features":
-        try:
-            from lml_sampler.models.bundled import load_feature_extractor as _load
-        except ImportError as exc:
-            raise FileNotFoundError(
-                "the bundled 'digits-features' extractor is not available in this install "
-                "(lml_sampler.models.bundled); use --extractor random-conv as a stand-in"
-            ) from exc
-        return DomainFeatures(_load("digits-features"), input_range=(-1.0, 1.0), name="digits-features")
+        from lml_sampler.models.bundled import load_classifier
+
+        return DomainFeatures(load_classifier("digits-features"), input_range=(-1.0, 1.0), name="digits-features")
     raise ValueError(f"unknown extractor {name!r}: choose 'inception', 'digits-features' or 'random-conv'")
 
 

@@ -11,13 +11,14 @@ Conventions follow pytorch-fid / clean-fid / torchmetrics:
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torchmetrics import Metric
+
+from lml_sampler._io import atomic_open
 
 __all__ = [
     "Statistics",
@@ -187,13 +188,10 @@ def save_statistics(
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"statistics path must end in .npz, got {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"mu": mu, "sigma": sigma, "n": np.asarray(-1 if n is None else int(n), dtype=np.int64)}
     arrays.update({f"meta_{k}": np.asarray(str(v)) for k, v in metadata.items()})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    with os.fdopen(fd, "wb") as fh:
+    with atomic_open(path) as fh:
         np.savez(fh, **arrays)
-    os.replace(tmp, path)
     return path
 
 
@@ -253,7 +251,7 @@ def fid_from_features(features: torch.Tensor | np.ndarray, reference: Statistics
 def torchmetrics_fid(extractor: torch.nn.Module, reference: Statistics | str | os.PathLike, num_features: int,
                      reference_n: int | None = None):
     """A torchmetrics ``FrechetInceptionDistance`` over ``extractor`` whose *real* side is preloaded with
-    ``reference`` statistics (fid.md §1.5 a), for code that wants the torchmetrics object.
+    ``reference`` statistics (docs/fid.md §4), for code that wants the torchmetrics object.
 
     ``extractor`` must take what you ``update`` with (the extractors of :mod:`eval.extractors` take uint8 images).
     The real sums are set as ``N·μ`` and ``(N−1)Σ + N·μμᵀ`` (exact for any N ≥ 2) on rank 0 only — torchmetrics

@@ -4,7 +4,7 @@
 |---|---|---|---|
 | ``digits`` | bundled ``DDPMPipeline`` (1×16×16) | domain FID, ``digits-features`` extractor | held-out real digits ``digits_dataset(16, "test")`` |
 | ``gmm`` | ``GMMDenoiser``: 10 diagonal Gaussians fitted to the digit classes (train split, 16×16) | exact-moment Fréchet distance in pixel space (sample estimate; floor reported) | closed-form mixture mean/covariance |
-| ``gaussian`` | ``GaussianDenoiser.stationary()`` (benchmarks.md) | exact Fréchet distance: transfer matrix for linear samplers, samples otherwise | N(0, Σ) |
+| ``gaussian`` | ``GaussianDenoiser.stationary()`` (docs/exact-score-benchmark.md §1) | exact Fréchet distance: transfer matrix for linear samplers, samples otherwise | N(0, Σ) |
 | folder / Hub id | any diffusers pipeline (``--prompts`` for text-to-image) | Inception FID (or ``--extractor``) | ``--ref-stats`` ``.npz`` |
 """
 

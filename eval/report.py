@@ -1,4 +1,5 @@
-"""Reports of a sweep: CSV / JSON rows, a Markdown table, the FID-vs-NFE plot, image grids, the README section."""
+"""Reports of a sweep: CSV / JSON rows, a Markdown table, the FID-vs-NFE plot, image grids, and the Markdown of
+the README section (which ``benchmarks/fid_sweep.py`` writes into the README)."""
 
 from __future__ import annotations
 
@@ -6,28 +7,20 @@ import csv
 import io
 import json
 import os
-import shutil
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from lml_sampler._io import atomic_write
+
 __all__ = ["ROW_FIELDS", "write_csv", "write_json", "markdown_table", "plot_fid_vs_nfe", "save_image_grid",
-           "write_grids", "write_reports", "readme_markdown", "update_readme"]
+           "write_grids", "write_reports", "readme_markdown"]
 
 ROW_FIELDS = ("model", "sampler", "sampler_name", "nfe", "nfe_measured", "seed", "num_samples", "metric", "fid",
               "floor", "seconds_per_sample", "feature_seconds_per_sample", "lamb", "kappa", "freeze", "lm_formula",
-              "extractor", "reference", "method", "dtype")
+              "lm_rank", "lm_gamma", "extractor", "reference", "method", "dtype")
 _METRIC_NAME = {"domain-fid": "domain FID", "inception-fid": "Inception FID", "exact-fd": "exact Fréchet distance"}
-
-
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
 
 
 def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
@@ -37,11 +30,11 @@ def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
     writer.writeheader()
     for r in rows:
         writer.writerow({k: r.get(k) for k in ROW_FIELDS})
-    _atomic_write(Path(path), buf.getvalue())
+    atomic_write(Path(path), buf.getvalue())
 
 
 def write_json(rows: list[dict], path: str | os.PathLike) -> None:
-    _atomic_write(Path(path), json.dumps(rows, indent=1, default=float))
+    atomic_write(Path(path), json.dumps(rows, indent=1, default=float))
 
 
 def _fmt(x) -> str:
@@ -127,7 +120,7 @@ def plot_fid_vs_nfe(rows: list[dict], path: str | os.PathLike) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    _atomic_write(Path(path), buf.getvalue())
+    atomic_write(Path(path), buf.getvalue())
 
 
 def save_image_grid(images: np.ndarray, path: str | os.PathLike, nrow: int, scale: int = 1) -> None:
@@ -148,7 +141,7 @@ def save_image_grid(images: np.ndarray, path: str | os.PathLike, nrow: int, scal
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    _atomic_write(Path(path), buf.getvalue())
+    atomic_write(Path(path), buf.getvalue())
 
 
 def write_grids(rows: list[dict], out: Path, count: int = 8) -> list[Path]:
@@ -180,7 +173,7 @@ def write_reports(rows: list[dict], out: str | os.PathLike, grid_samples: int = 
     out = Path(out)
     write_csv(rows, out / "results.csv")
     write_json(rows, out / "results.json")
-    _atomic_write(out / "results.md", markdown_table(rows))
+    atomic_write(out / "results.md", markdown_table(rows))
     plot_fid_vs_nfe(rows, out / "fid_vs_nfe.png")
     if grid_samples > 0:
         write_grids(rows, out, grid_samples)
@@ -188,7 +181,7 @@ def write_reports(rows: list[dict], out: str | os.PathLike, grid_samples: int = 
 
 def readme_markdown(rows: list[dict], image: str = "docs/images/fid_vs_nfe.png", command: str | None = None) -> str:
     """The README "sweep" section: how it was produced, the table and the plot."""
-    cmd = command or "lml-eval sweep --out runs/sweep --readme"
+    cmd = command or "python -m benchmarks.fid_sweep"
     lml = sorted({(r.get("lamb"), r.get("kappa")) for r in rows if r.get("lamb") is not None})
     lml_txt = (" LML rows use the stable operator with " + ", ".join(f"λ = {a:g}, κ = {b:g}" for a, b in lml)
                + " (κ = 0 would make them identical to their base sampler).") if lml else ""
@@ -200,24 +193,3 @@ def readme_markdown(rows: list[dict], image: str = "docs/images/fid_vs_nfe.png",
              "generation time per sample on one process of a shared 2-core CPU." + lml_txt, "",
              markdown_table(rows), f"![FID vs NFE]({image})"]
     return "\n".join(lines)
-
-
-def update_readme(rows: list[dict], out: str | os.PathLike, repo_root: str | os.PathLike | None = None,
-                  command: str | None = None) -> Path:
-    """Copy the plot to ``docs/images/fid_vs_nfe.png`` and rewrite the README "sweep" section."""
-    root = Path(repo_root) if repo_root is not None else Path(__file__).resolve().parents[1]
-    script = root / "scripts" / "readme_section.py"
-    if not script.is_file() or not (root / "README.md").is_file():
-        raise FileNotFoundError(f"--readme needs the repository checkout: {script} and README.md not found under {root}")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_lml_readme_section", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    update_readme_section = module.update_readme_section
-    image = root / "docs" / "images" / "fid_vs_nfe.png"
-    image.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(out) / "fid_vs_nfe.png", image)
-    update_readme_section("sweep", readme_markdown(rows, "docs/images/fid_vs_nfe.png", command),
-                          readme=root / "README.md")
-    return image

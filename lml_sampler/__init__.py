@@ -6,7 +6,7 @@ from .models import (
     EmpiricalDenoiser,
     GaussianDenoiser,
     GMMDenoiser,
-    load_feature_extractor,
+    load_classifier,
     load_pipeline,
 )
 from .sampling import LangevinCorrector, sample
@@ -30,7 +30,7 @@ __all__ = [
     "LangevinCorrector",
     "conjugate_gradient",
     "lm_correct",
-    "load_feature_extractor",
+    "load_classifier",
     "load_pipeline",
     "operators",
     "sample",

@@ -1,13 +1,14 @@
 """Reconstruction pipelines (DDS, DPS), classical baselines and the ``lml-reconstruct`` CLI."""
 
 from .baselines import adjoint_reconstruction, cg_least_squares, fbp_reconstruction, tv_pdhg
-from .common import ReconstructionOutput, psnr, relative_residual, ssim
+from .common import Prior, ReconstructionOutput, psnr, relative_residual, ssim
 from .dds import DDSPipeline
 from .dps import DPSPipeline
 
 __all__ = [
     "DDSPipeline",
     "DPSPipeline",
+    "Prior",
     "ReconstructionOutput",
     "adjoint_reconstruction",
     "cg_least_squares",

@@ -1,4 +1,5 @@
-"""Helpers shared by the reconstruction pipelines: operator ranges, real/complex conversion, outputs, metrics."""
+"""Helpers shared by the reconstruction pipelines: the prior holder, operator ranges, real/complex conversion, outputs,
+metrics."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from diffusers import ModelMixin, SchedulerMixin
 from diffusers.utils import BaseOutput
 
 from lml_sampler.operators.base import AffineInput, LinearOperator, from_operator_domain, to_operator_domain
 
 __all__ = [
+    "Prior",
     "ReconstructionOutput",
     "model_space_problem",
     "to_operator_domain",
@@ -23,13 +26,28 @@ __all__ = [
 
 
 @dataclass
+class Prior:
+    """A diffusion prior for the reconstruction pipelines: a denoiser called as ``unet(x, t).sample`` (with
+    ``config.sample_size`` and ``config.in_channels``) and the scheduler whose config defines its noise schedule.
+
+    Not a pipeline: :class:`~lml_sampler.pipelines.dds.DDSPipeline` and :class:`~lml_sampler.pipelines.dps.DPSPipeline`
+    are built from it per run, each converting the scheduler to its own class.
+    """
+
+    unet: ModelMixin
+    scheduler: SchedulerMixin
+
+
+@dataclass
 class ReconstructionOutput(BaseOutput):
     """``images``: reconstructions in the operator's image range (``(B, C, H, W)`` tensor or numpy);
-    ``nfe``: network evaluations used; ``cg_iterations``: per-step CG iterations ``(steps, B)`` (DDS only)."""
+    ``nfe``: network evaluations used; ``cg_iterations``: per-step CG iterations ``(steps, B)`` (DDS only);
+    ``cg_seconds``: wall time spent in CG data consistency (DDS only; 0 otherwise)."""
 
     images: torch.Tensor | np.ndarray
     nfe: int = 0
     cg_iterations: torch.Tensor | None = None
+    cg_seconds: float = 0.0
 
 
 def model_space_problem(

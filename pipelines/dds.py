@@ -64,7 +64,7 @@ class DDSPipeline(DiffusionPipeline):
             operator_range: ``(lo, hi)`` of the images the operator was applied to (e.g. ``(0, 1)``); the problem is
                 mapped to the model's [-1, 1] and the result mapped back.
             drop_last: stop after the second-to-last step and return its data-consistent ``x̂0'`` (the paper's
-                T−1 NFE variant, spec dds.md §1.4).
+                T−1 NFE variant, docs/dds.md §6).
             latents: initial noise ``(B, C, H, W)`` (default: drawn with ``generator``).
             output_type: ``"pt"`` (tensor) or ``"np"``.
             callback: called as ``callback(i, t, x)`` after every step.
@@ -109,10 +109,11 @@ class DDSPipeline(DiffusionPipeline):
         if drop_last:
             x = out.pred_original_sample
         history = torch.stack(sched.cg_iteration_history) if sched.cg_iteration_history else None
+        cg_seconds = sched.cg_seconds
         sched.clear_measurement()
         image = affine.from_model(x) if affine is not None else x
         if output_type == "np":
             image = image.cpu().numpy()
         if not return_dict:
             return (image,)
-        return ReconstructionOutput(images=image, nfe=nfe, cg_iterations=history)
+        return ReconstructionOutput(images=image, nfe=nfe, cg_iterations=history, cg_seconds=cg_seconds)

@@ -1,6 +1,6 @@
 """``DPSPipeline``: Diffusion Posterior Sampling (Chung et al., ICLR 2023) on DDIM, the gradient baseline of DDS.
 
-Each step back-propagates the data misfit through the network (spec dds.md §8 E1):
+Each step back-propagates the data misfit through the network (docs/dds.md §7):
 
     x'_{t-1} = DDIM(x_t, ε_θ(x_t, t), η)
     x_{t-1}  = x'_{t-1} − ζ · ∇_{x_t} ‖y − A x̂0(x_t)‖        (gradient of the norm, not its square, as officially)
@@ -44,7 +44,7 @@ class DPSPipeline(DiffusionPipeline):
         output_type: str = "pt",
         return_dict: bool = True,
     ) -> ReconstructionOutput | tuple:
-        """Reconstruct from ``y`` (see :class:`~pipelines.dds.DDSPipeline` for ``operator``/``operator_range``).
+        """Reconstruct from ``y`` (see :class:`~lml_sampler.pipelines.dds.DDSPipeline` for ``operator``/``operator_range``).
 
         Args:
             zeta: step size ζ > 0 of the normalised gradient step (per sample).

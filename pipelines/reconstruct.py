@@ -11,27 +11,24 @@ PSNR / SSIM with data_range 1, relative data residual ‖Ax−y‖/‖y‖, seco
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
-from .tasks import METHODS, TASKS, evaluate, make_task, run_method
+from lml_sampler._io import atomic_open, atomic_write_json
 
-__all__ = ["main", "build_parser", "load_model_pipeline"]
+from .common import Prior
+from .tasks import METHODS, PRIOR_METHODS, TASKS, evaluate, make_task, run_method
+
+__all__ = ["main", "build_parser", "load_prior"]
 
 
-def load_model_pipeline(name: str, device: str = "cpu"):
+def load_prior(name: str, device: str = "cpu") -> Prior:
     """The prior: ``"phantoms"`` / ``"phantoms-complex"`` (bundled), a local diffusers folder, ``"random-tiny"``
     (an untrained 32×32 ``UNet2DModel``, for smoke tests) or ``"gaussian"`` (the exact stationary Gaussian prior)."""
     from diffusers import DDPMScheduler
-
-    class _P:  # a minimal (unet, scheduler) holder
-        def __init__(self, unet, scheduler):
-            self.unet, self.scheduler = unet, scheduler
 
     if name == "random-tiny":
         from diffusers import UNet2DModel
@@ -40,16 +37,15 @@ def load_model_pipeline(name: str, device: str = "cpu"):
         unet = UNet2DModel(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(8, 16),
                            down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                            layers_per_block=1, norm_num_groups=4)
-        return _P(unet.eval(), DDPMScheduler())
+        return Prior(unet.eval(), DDPMScheduler())
     if name == "gaussian":
         from lml_sampler.models.analytic import GaussianDenoiser
 
-        return _P(GaussianDenoiser.stationary(size=32, channels=1, total_variance=0.25 * 32 * 32), DDPMScheduler())
+        return Prior(GaussianDenoiser.stationary(size=32, channels=1, total_variance=0.25 * 32 * 32), DDPMScheduler())
     from lml_sampler.models.bundled import load_pipeline
 
     pipe = load_pipeline(name)
-    pipe.unet.eval().requires_grad_(False)
-    return pipe.to(device)
+    return Prior(pipe.unet.eval().requires_grad_(False).to(device), pipe.scheduler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,11 +93,9 @@ def _save_png(path: Path, columns: list[tuple[str, torch.Tensor]], n_rows: int) 
             if i == 0:
                 ax.set_title(title, fontsize=7)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
+    with atomic_open(path) as fh:
+        fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _mean_std(v: list[float]) -> dict:
@@ -118,11 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lml-reconstruct: unknown method(s) {bad}; choose from {METHODS}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    needs_model = any(m in ("dds", "dds-m0", "ddnm", "dps") for m in methods)
-    pipe = load_model_pipeline(args.model) if needs_model else None
-    complex_image = bool(pipe is not None and pipe.unet.config.in_channels == 2)
-    size = pipe.unet.config.sample_size if pipe is not None else 32
+    prior = load_prior(args.model) if any(m in PRIOR_METHODS for m in methods) else None
+    complex_image = bool(prior is not None and prior.unet.config.in_channels == 2)
+    size = prior.unet.config.sample_size if prior is not None else 32
     task = make_task(args.task, n=args.n, size=size, views=args.views, acc=args.acc, mask=args.mask,
                      coils=args.coils, sigma=args.sigma, kernel=args.kernel, complex_image=complex_image,
                      seed=args.seed)
@@ -141,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     columns.append(("input (FBP)" if task.name.startswith("ct") else "input (Aᴴy)", inp.abs() if inp.is_complex() else inp))
     for m in methods:
         g = torch.Generator().manual_seed(args.seed)
-        x, stats = run_method(m, task, pipe, nfe=args.nfe, generator=g, **knobs)
+        x, stats = run_method(m, task, prior, nfe=args.nfe, generator=g, **knobs)
         metrics = evaluate(task, x)
         stats["seconds_per_image"] = stats["seconds"] / args.n
         results["methods"][m] = {
@@ -154,10 +146,7 @@ def main(argv: list[str] | None = None) -> int:
               f"  SSIM {results['methods'][m]['ssim']['mean']:.3f}  residual {results['methods'][m]['residual']['mean']:.3f}"
               f"  {stats['seconds_per_image']:.2f} s/image")
     _save_png(out / "comparison.png", columns, args.n)
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(results, fh, indent=2)
-    os.replace(tmp, out / "metrics.json")
+    atomic_write_json(out / "metrics.json", results)
     return 0
 
 

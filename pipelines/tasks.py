@@ -8,8 +8,10 @@ for complex phantoms on (Re, Im) in [-1, 1]); ``‖A‖ <= 1`` for every task, s
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -34,12 +36,11 @@ from lml_sampler.operators import (
 from lml_sampler.operators.base import complex_to_real, real_to_complex
 
 from .baselines import adjoint_reconstruction, cg_least_squares, ddnm_kwargs, fbp_reconstruction, tv_pdhg
-from .common import psnr, relative_residual, ssim
+from .common import Prior, psnr, relative_residual, ssim
 
 TEST_SEED = 10_000
 VALID_SEED = 20_000
 TASKS = ("ct-sparse", "ct-limited", "mri", "deblur", "inpaint")
-METHODS = ("dds", "dds-m0", "ddnm", "dps", "cgls", "fbp", "zerofill", "tv")
 
 
 @dataclass
@@ -123,68 +124,135 @@ def make_task(
     return Task(task, op, x, y, float(sigma), complex_image, info)
 
 
+Result = tuple[torch.Tensor, dict]
+RNG = torch.Generator | None
+
+#: Method name -> function ``(task, [prior, nfe, generator,] **knobs) -> (x, stats)``, filled by :func:`_method`.
+_METHODS: dict[str, Callable[..., Result]] = {}
+
+
+def _method(name: str):
+    """Register a method function under ``name``; its keyword parameters are the method's knobs."""
+
+    def register(fn):
+        _METHODS[name] = fn
+        return fn
+
+    return register
+
+
+def _dds_run(task: Task, prior: Prior, nfe: int, generator: RNG, eta: float, eta_type: str, clip: bool,
+             **dc) -> Result:
+    """One :class:`DDSPipeline` call; ``dc`` are its data-consistency arguments (``gamma, cg_iters, noiseless,
+    cg_tol``), reported in the stats."""
+    from lml_sampler.schedulers.dds import DDSScheduler
+
+    from .dds import DDSPipeline
+
+    dds = DDSPipeline(prior.unet, DDSScheduler.from_config(prior.scheduler.config, clip_sample=clip))
+    dds.set_progress_bar_config(disable=True)
+    out = dds(task.operator, task.y, num_inference_steps=nfe, eta=eta, eta_type=eta_type, generator=generator,
+              operator_range=task.operator_range, **dc)
+    return out.images, dict(nfe=out.nfe, cg_seconds=out.cg_seconds, clip=clip, **dc, eta=eta, eta_type=eta_type)
+
+
+# The official DDS code never clips x̂0, hence ``clip=False``; ``clip=True`` clamps Tweedie's x̂0 to [-1, 1] before
+# data consistency. ``noiseless=None`` means noiseless data consistency exactly when the task has no noise.
+@_method("dds")
+def _dds(task: Task, prior: Prior, nfe: int, generator: RNG, gamma: float = 1.0, cg_iters: int = 5,
+         noiseless: bool | None = None, eta: float = 0.85, eta_type: str = "ddnm", clip: bool = False) -> Result:
+    """DDS: ``cg_iters`` CG steps of data consistency per DDIM step (docs/dds.md §1, §3, §4)."""
+    noiseless = task.sigma == 0 if noiseless is None else noiseless
+    return _dds_run(task, prior, nfe, generator, eta, eta_type, clip, gamma=gamma, cg_iters=cg_iters,
+                    noiseless=noiseless)
+
+
+@_method("dds-m0")
+def _dds_m0(task: Task, prior: Prior, nfe: int, generator: RNG, gamma: float = 1.0,
+            noiseless: bool | None = None, eta: float = 0.85, eta_type: str = "ddnm", clip: bool = False) -> Result:
+    """DDS without data consistency (M = 0): plain DDIM from the same prior."""
+    noiseless = task.sigma == 0 if noiseless is None else noiseless
+    return _dds_run(task, prior, nfe, generator, eta, eta_type, clip, gamma=gamma, cg_iters=0, noiseless=noiseless)
+
+
+@_method("ddnm")
+def _ddnm(task: Task, prior: Prior, nfe: int, generator: RNG, gamma: float = 1.0, eta: float = 0.85,
+          eta_type: str = "ddnm", clip: bool = False) -> Result:
+    """DDNM-style hard projection: DDS with noiseless CG run to convergence (:func:`ddnm_kwargs`)."""
+    return _dds_run(task, prior, nfe, generator, eta, eta_type, clip, gamma=gamma, **ddnm_kwargs())
+
+
+@_method("dps")
+def _dps(task: Task, prior: Prior, nfe: int, generator: RNG, zeta: float = 1.0, dps_eta: float = 1.0,
+         clip: bool = True) -> Result:
+    """DPS on DDIM (docs/dds.md §7). The official DPS clips x̂0 to [-1, 1] (``clip_denoised=True``), hence
+    ``clip=True``; the gradient flows through the clamp."""
+    from diffusers import DDIMScheduler
+
+    from .dps import DPSPipeline
+
+    dps = DPSPipeline(prior.unet, DDIMScheduler.from_config(prior.scheduler.config, clip_sample=clip))
+    dps.set_progress_bar_config(disable=True)
+    out = dps(task.operator, task.y, num_inference_steps=nfe, zeta=zeta, eta=dps_eta, generator=generator,
+              operator_range=task.operator_range)
+    return out.images, dict(nfe=out.nfe, zeta=zeta, clip=clip)
+
+
+@_method("cgls")
+def _cgls(task: Task, cgls_iters: int = 10) -> Result:
+    """Early-stopped CG least squares from zero."""
+    return cg_least_squares(task.operator, task.y, cgls_iters), {"iters": cgls_iters}
+
+
+@_method("fbp")
+def _fbp(task: Task) -> Result:
+    """Filtered back-projection (CT only)."""
+    return fbp_reconstruction(task.operator, task.y), {}
+
+
+@_method("zerofill")
+def _zerofill(task: Task) -> Result:
+    """The adjoint ``Aᴴy`` (zero-filled for MRI)."""
+    return adjoint_reconstruction(task.operator, task.y), {}
+
+
+@_method("tv")
+def _tv(task: Task, tv_lambda: float = 0.01, tv_iters: int = 300) -> Result:
+    """Isotropic TV by PDHG."""
+    return tv_pdhg(task.operator, task.y, lam=tv_lambda, iters=tv_iters), {"lambda": tv_lambda}
+
+
+METHODS = tuple(_METHODS)
+#: The methods that sample from a diffusion prior (:func:`run_method` needs ``prior`` for them).
+PRIOR_METHODS = tuple(m for m, fn in _METHODS.items() if "prior" in inspect.signature(fn).parameters)
+
+
 def run_method(
     method: str,
     task: Task,
-    pipe=None,
+    prior: Prior | None = None,
     nfe: int = 50,
-    generator: torch.Generator | None = None,
-    **kw,
-) -> tuple[torch.Tensor, dict]:
+    generator: RNG = None,
+    **knobs,
+) -> Result:
     """Run one method on a task; returns ``(reconstruction in the operator domain, stats)``.
 
-    ``pipe`` is a ``(unet, scheduler_config)`` source: any diffusers pipeline with ``unet`` and ``scheduler``.
-    Keyword knobs: dds: ``gamma, cg_iters, eta, eta_type, noiseless, clip`` (default False); dps: ``zeta, dps_eta,
-    clip`` (default True); cgls: ``cgls_iters``;
-    tv: ``tv_lambda, tv_iters``.
+    ``prior`` is needed by the diffusion methods (:data:`PRIOR_METHODS`), which run ``nfe`` network evaluations.
+    ``knobs`` are the keyword parameters of the method's function; those another method takes are ignored, so one
+    knob set serves a comparison of several methods: dds/dds-m0/ddnm: ``gamma, cg_iters, noiseless, eta, eta_type,
+    clip`` (default False); dps: ``zeta, dps_eta, clip`` (default True); cgls: ``cgls_iters``; tv: ``tv_lambda,
+    tv_iters``.
     """
-    op, y = task.operator, task.y
-    stats: dict = {"method": method}
-    t0 = time.perf_counter()
-    if method in ("dds", "dds-m0", "ddnm"):
-        from .dds import DDSPipeline
-        from lml_sampler.schedulers.dds import DDSScheduler
-
-        # Official DDS never clips x̂0 (default); ``clip=True`` clamps Tweedie's x̂0 to [-1, 1] before DC.
-        clip = bool(kw.get("clip", False))
-        dds = DDSPipeline(pipe.unet, DDSScheduler.from_config(pipe.scheduler.config, clip_sample=clip))
-        dds.set_progress_bar_config(disable=True)
-        noiseless = kw.get("noiseless", task.sigma == 0)
-        args = dict(gamma=kw.get("gamma", 1.0), cg_iters=kw.get("cg_iters", 5), noiseless=noiseless)
-        if method == "dds-m0":
-            args["cg_iters"] = 0
-        if method == "ddnm":
-            args.update(ddnm_kwargs())
-        out = dds(op, y, num_inference_steps=nfe, eta=kw.get("eta", 0.85), eta_type=kw.get("eta_type", "ddnm"),
-                  generator=generator, operator_range=task.operator_range, **args)
-        x = out.images
-        stats.update(nfe=out.nfe, cg_seconds=dds.scheduler.cg_seconds, clip=clip, **{k: v for k, v in args.items()})
-        stats["eta"], stats["eta_type"] = kw.get("eta", 0.85), kw.get("eta_type", "ddnm")
-    elif method == "dps":
-        from .dps import DPSPipeline
-        from diffusers import DDIMScheduler
-
-        # Official DPS clips x̂0 to [-1, 1] (``clip_denoised=True``); the gradient flows through the clamp.
-        clip = bool(kw.get("clip", True))
-        dps = DPSPipeline(pipe.unet, DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=clip))
-        dps.set_progress_bar_config(disable=True)
-        out = dps(op, y, num_inference_steps=nfe, zeta=kw.get("zeta", 1.0), eta=kw.get("dps_eta", 1.0),
-                  generator=generator, operator_range=task.operator_range)
-        x = out.images
-        stats.update(nfe=out.nfe, zeta=kw.get("zeta", 1.0), clip=clip)
-    elif method == "cgls":
-        x = cg_least_squares(op, y, kw.get("cgls_iters", 10))
-        stats["iters"] = kw.get("cgls_iters", 10)
-    elif method == "fbp":
-        x = fbp_reconstruction(op, y)
-    elif method == "zerofill":
-        x = adjoint_reconstruction(op, y)
-    elif method == "tv":
-        x = tv_pdhg(op, y, lam=kw.get("tv_lambda", 0.01), iters=kw.get("tv_iters", 300))
-        stats["lambda"] = kw.get("tv_lambda", 0.01)
-    else:
+    if method not in _METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    stats["seconds"] = time.perf_counter() - t0
+    if method in PRIOR_METHODS and prior is None:
+        raise ValueError(f"method {method!r} samples from a diffusion prior: pass prior=Prior(unet, scheduler)")
+    fn = _METHODS[method]
+    params = inspect.signature(fn).parameters
+    args = {k: v for k, v in {**knobs, "prior": prior, "nfe": nfe, "generator": generator}.items() if k in params}
+    t0 = time.perf_counter()
+    x, stats = fn(task, **args)
+    stats = {"method": method, **stats, "seconds": time.perf_counter() - t0}
     if task.complex_image and not x.is_complex():
         x = real_to_complex(x)
     return x, stats
@@ -203,4 +271,4 @@ def evaluate(task: Task, x: torch.Tensor) -> dict:
     }
 
 
-__all__ = ["Task", "make_task", "run_method", "evaluate", "TASKS", "METHODS", "complex_to_real"]
+__all__ = ["Task", "make_task", "run_method", "evaluate", "TASKS", "METHODS", "PRIOR_METHODS", "complex_to_real"]

@@ -1,7 +1,7 @@
 """Sample grids of the bundled models (offline) and the README "models" section.
 
-    python scripts/make_model_grids.py            # full 1000-step DDPM sampling, 64 digits + 36 phantoms
-    python scripts/make_model_grids.py --steps 250 --no-readme
+    python -m scripts.make_model_grids            # full 1000-step DDPM sampling, 64 digits + 36 phantoms
+    python -m scripts.make_model_grids --steps 250 --no-readme
 
 Writes ``docs/images/{digits,phantoms}_grid.png`` (model samples) and ``docs/images/{digits,phantoms}_real_grid.png``
 (training data, for comparison), then regenerates the README section "models" with the grids, a table of the
@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+from benchmarks.readme import IMAGES, update_readme_section
+from lml_sampler.eval.fid import quantize_uint8
+from lml_sampler.eval.report import save_image_grid
 
-from train_digits import save_grid  # noqa: E402
 
-IMAGES = ROOT / "docs" / "images"
+def save_grid(x: torch.Tensor, path: Path, nrow: int, scale: int = 4) -> None:
+    """Save images in [-1, 1] as a PNG grid, pixels enlarged ``scale`` times so 16×16 images stay visible."""
+    save_image_grid(quantize_uint8(x.clamp(-1, 1)).numpy(), path, nrow=nrow, scale=scale)
 
 
 @torch.no_grad()
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from lml_sampler.data.digits import digits_dataset
     from lml_sampler.data.phantoms import random_ellipse_phantoms
-    from lml_sampler.models.bundled import WEIGHTS_DIR, load_feature_extractor
+    from lml_sampler.models.bundled import WEIGHTS_DIR, load_classifier
 
     IMAGES.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     real_ph = random_ellipse_phantoms(args.n_phantoms, 32, torch.Generator().manual_seed(12345)) * 2 - 1
     save_grid(real_ph, IMAGES / "phantoms_real_grid.png", nrow=6, scale=3)
 
-    clf = load_feature_extractor("digits-features")
+    clf = load_classifier("digits-features")
     with torch.no_grad():
         prob = clf.logits(digits).softmax(1)
         prob_real = clf.logits(real_digits).softmax(1)
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     md = f"""
 Three small models ship inside the package (`lml_sampler/models/weights/`, safetensors) so that everything runs
 offline; `lml_sampler.models.bundled.load_pipeline("digits" | "phantoms" | <folder> | <Hub id>)` returns a diffusers
-pipeline and `load_feature_extractor("digits-features")` the FID feature network. All were trained on CPU with one
-thread (`scripts/train_digits.py`, `scripts/train_phantoms.py`, `scripts/train_classifier.py`; seeded, resumable).
+pipeline and `load_classifier("digits-features")` the digit classifier whose features the domain FID uses. All were trained on CPU with one
+thread (`python -m scripts.train_prior`, `python -m scripts.train_classifier`; seeded, resumable).
 The DDPMs are epsilon-prediction UNet2DModels (block channels 32/64/64, attention only at the coarsest level), linear
 betas, 1000 training steps, AdamW + EMA weights.
 
@@ -147,8 +147,6 @@ Phantom samples vs. real phantoms: mean intensity {s_fake['mean']:.3f} vs {s_rea
 
 **MRI.** {tj['phantoms'].get('mri_note', 'The 2-channel complex variant `phantoms-complex` was not trained within the CPU budget; MRI experiments use the magnitude `phantoms` prior (`scripts/train_phantoms.py --complex` trains it).')}
 """
-    from readme_section import update_readme_section
-
     update_readme_section("models", md)
     print("README section 'models' updated")
 

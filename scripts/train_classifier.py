@@ -1,9 +1,9 @@
 """Train the bundled "digits-features" classifier: a small CNN on the 16x16 sklearn digits (split "train").
 
-    python scripts/train_classifier.py --out lml_sampler/models/weights/digits-features
+    python -m scripts.train_classifier --out lml_sampler/models/weights/digits-features
 
 Its penultimate 64-d activations are the feature space of the domain FID of the digits models
-(``lml_sampler.models.bundled.load_feature_extractor("digits-features")``). Fixed recipe, no model selection on the
+(``lml_sampler.models.bundled.load_classifier("digits-features")``). Fixed recipe, no model selection on the
 held-out split: AdamW, cosine learning rate, label smoothing, random shifts of up to one pixel; the held-out accuracy
 (split "test", never trained on) is measured once at the end and written to ``training.json``.
 Writes ``model.safetensors``, ``config.json`` and ``training.json`` (atomically, file by file).
@@ -14,19 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+from lml_sampler._io import atomic_folder
 
-from train_digits import atomic_write_text, random_shift  # noqa: E402
+from .priors import random_shift
 
 
 @torch.no_grad()
@@ -38,7 +34,7 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=ROOT / "lml_sampler/models/weights/digits-features")
+    p.add_argument("--out", type=Path, default=Path("lml_sampler/models/weights/digits-features"))
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -81,14 +77,6 @@ def main(argv: list[str] | None = None) -> None:
     train_acc, test_acc = accuracy(model, x_train, y_train), accuracy(model, x_test, y_test)
     print(f"held-out (test split, {x_test.shape[0]} images) accuracy {test_acc:.4f}", flush=True)
 
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    tmp = out / ".model.safetensors.tmp"
-    save_file(state, tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out / "model.safetensors")
-    atomic_write_text(out / "config.json", json.dumps(model.config(), indent=2) + "\n")
     info = {
         "name": "digits-features",
         "heldout_accuracy": round(test_acc, 4),
@@ -104,9 +92,10 @@ def main(argv: list[str] | None = None) -> None:
         "dropout 0.3, random shifts <= 1 px",
         "hardware": "CPU, torch.set_num_threads(1)",
     }
-    atomic_write_text(out / "training.json", json.dumps(info, indent=2) + "\n")
-    for f in ("config.json", "training.json"):
-        os.chmod(out / f, 0o644)
+    with atomic_folder(args.out) as folder:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+        (folder / "config.json").write_text(json.dumps(model.config(), indent=2) + "\n")
+        (folder / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2))
 
 

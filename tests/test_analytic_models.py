@@ -1,4 +1,4 @@
-"""Tests of the exact-score denoisers (lml_sampler/models/analytic.py).
+"""Tests of the exact-score denoisers (lml_sampler/models/analytic/).
 
 References are computed independently of the model code: dense linear algebra for the Gaussian, torch.distributions
 log-densities + autograd for Tweedie's formula, importance sampling from the prior for the posterior mean, and the
@@ -26,6 +26,7 @@ from lml_sampler.models.analytic import (
     EmpiricalDenoiser,
     GaussianDenoiser,
     GMMDenoiser,
+    NoiseSchedule,
     digits_dataset,
     stationary_spectrum,
 )
@@ -345,7 +346,8 @@ def test_ddpm_1000_steps_reaches_the_stationary_gaussian():
 
 
 def _transfer_matrix_fd(model: GaussianDenoiser, scheduler, nfe: int) -> float:
-    """Exact Fréchet distance of a linear sampler: run it on the d basis vectors, Cov = M Mᵀ (benchmarks.md)."""
+    """Exact Fréchet distance of a linear sampler: run it on the d basis vectors, Cov = M Mᵀ
+    (docs/exact-score-benchmark.md §2)."""
     d = model.dim
     scheduler.set_timesteps(nfe)
     x = torch.eye(d, dtype=F64).reshape(d, *model.data_shape)
@@ -355,9 +357,9 @@ def _transfer_matrix_fd(model: GaussianDenoiser, scheduler, nfe: int) -> float:
     return frechet_gaussian(torch.zeros(d, dtype=F64), m @ m.T, torch.zeros(d, dtype=F64), model.covariance())
 
 
-def test_stationary_benchmark_reproduces_spec_table():
-    """GaussianDenoiser.stationary() is the benchmark of spec/benchmarks.md: trace Σ = 64 and the printed
-    transfer-matrix distances at NFE 10 (DDIM trailing 4.049, DPM-Solver++ 2M 2.540)."""
+def test_stationary_benchmark_reproduces_benchmark_table():
+    """GaussianDenoiser.stationary() is the benchmark of docs/exact-score-benchmark.md §1: trace Σ = 64 and the
+    printed transfer-matrix distances of §2 at NFE 10 (DDIM trailing 4.049, DPM-Solver++ 2M 2.540)."""
     model = GaussianDenoiser.stationary(dtype=F64)
     assert model.config.sample_size == 16 and model.config.in_channels == 1
     assert model.covariance().trace().item() == pytest.approx(64.0, rel=1e-12)
@@ -520,6 +522,11 @@ def test_from_scheduler_config():
     assert torch.equal(model.alphas_cumprod, sched.alphas_cumprod.to(F64))
     flow = GMMDenoiser.from_scheduler_config(FlowMatchEulerDiscreteScheduler(), num_components=2)
     assert flow.config.prediction_type == "flow"
+    # The schedule object carries the same entries into the factories.
+    schedule = NoiseSchedule.from_scheduler(sched)
+    assert schedule == model.schedule and torch.equal(schedule.alphas_cumprod, model.alphas_cumprod)
+    stationary = GaussianDenoiser.stationary(size=4, **schedule.model_kwargs())
+    assert stationary.schedule == schedule and stationary.config.beta_schedule == "scaled_linear"
 
 
 @pytest.mark.parametrize("pipeline_cls", [DDPMPipeline, DDIMPipeline])

@@ -13,7 +13,7 @@ from lml_sampler.models.bundled import (
     WEIGHTS_DIR,
     DigitsClassifier,
     available_models,
-    load_feature_extractor,
+    load_classifier,
     load_pipeline,
 )
 
@@ -117,14 +117,14 @@ def test_load_pipeline_bad_names(tmp_path):
     with pytest.raises(TypeError, match="name_or_path"):
         load_pipeline(3)
     with pytest.raises(ValueError, match="unknown feature extractor"):
-        load_feature_extractor("inception")
+        load_classifier("inception")
     with pytest.raises(ValueError, match="bundled names or local folders"):
-        load_feature_extractor("someone/some-model")
+        load_classifier("someone/some-model")
 
 
 # ------------------------------------------------------------------------------------------ feature extractor
 def test_classifier_heldout_accuracy_and_feature_interface():
-    model = load_feature_extractor("digits-features")
+    model = load_classifier("digits-features")
     assert isinstance(model, DigitsClassifier) and isinstance(model, torch.nn.Module) and not model.training
     x, y = digits_dataset(16, "test", return_labels=True)
     with torch.no_grad():

@@ -75,7 +75,7 @@ def test_ddnm_eta_form_matches_official_update():
     ref = a_p.sqrt() * x0 + (1 - a_p).sqrt() * (eta * z + math.sqrt(1 - eta**2) * eps)
     # float32 ᾱ inside the parent: ~1e-6 relative.
     assert torch.allclose(out.prev_sample, ref, atol=2e-5)
-    # The conversion formula: η_DDIM = η √(1−ᾱ_t) / √(1−ᾱ_t/ᾱ_prev) (spec dds.md §1.2).
+    # The conversion formula: η_DDIM = η √(1−ᾱ_t) / √(1−ᾱ_t/ᾱ_prev) (docs/dds.md §2).
     conv = ddnm_to_ddim_eta(eta, float(a_t), float(a_p))
     assert conv == pytest.approx(eta * math.sqrt(1 - a_t) / math.sqrt(1 - a_t / a_p), rel=1e-9)
     assert conv > eta  # a constant DDNM η is a larger DDIM η away from t→0
@@ -147,7 +147,8 @@ class _RealAugmented(LinearOperator):
 
 
 def test_complex_data_consistency_equals_real_augmented_problem():
-    """Regression for the official multi-coil RHS bug (x̂0 + γ(1+j)Aᴴy): complex DC == the exact real problem."""
+    """Complex DC equals the exact real problem, not the official multi-coil right-hand side x̂0 + γ(1+j)Aᴴy
+    (docs/dds.md §5)."""
     n = 8
     op = MultiCoilMRI(uniform1d_mask(n, 2, 0.25, torch.Generator().manual_seed(0)),
                       simulate_coil_sensitivities(3, n, torch.Generator().manual_seed(1)))
@@ -193,7 +194,7 @@ def _posterior_mean(model, op, y, sigma, complex_):
 
 @pytest.mark.parametrize("case", ["ct-real", "mri-complex"])
 def test_mean_of_dds_samples_approaches_gaussian_posterior_mean(case):
-    """E0 of spec dds.md §8: exact Gaussian prior, many DDS samples, closed-form posterior mean."""
+    """Exact Gaussian prior: the mean of many DDS samples against the closed-form posterior mean (docs/dds.md §4)."""
     n, K = 12, 200
     complex_ = case == "mri-complex"
     ch = 2 if complex_ else 1
@@ -282,7 +283,7 @@ def _tiny_unet(channels=1):
 def test_dds_pipeline_save_load_drop_last_and_ranges(tmp_path):
     from diffusers import DDPMScheduler
 
-    from pipelines.dds import DDSPipeline
+    from lml_sampler.pipelines.dds import DDSPipeline
 
     pipe = DDSPipeline(_tiny_unet(), DDPMScheduler())
     assert isinstance(pipe.scheduler, DDSScheduler)
@@ -291,6 +292,7 @@ def test_dds_pipeline_save_load_drop_last_and_ranges(tmp_path):
     y = op.A(torch.rand(2, 1, 8, 8))
     a = pipe(op, y, num_inference_steps=4, generator=torch.Generator().manual_seed(0), operator_range=(0, 1))
     assert a.nfe == 4 and a.images.shape == (2, 1, 8, 8) and a.cg_iterations.shape == (4, 2)
+    assert isinstance(a.cg_seconds, float) and a.cg_seconds > 0  # 4 steps × 5 CG iterations were timed
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
     assert index["scheduler"] == ["lml_sampler.schedulers.dds", "DDSScheduler"]
@@ -305,7 +307,7 @@ def test_dds_pipeline_save_load_drop_last_and_ranges(tmp_path):
 def test_dps_pipeline_uses_gradients():
     from diffusers import DDPMScheduler
 
-    from pipelines.dps import DPSPipeline
+    from lml_sampler.pipelines.dps import DPSPipeline
 
     pipe = DPSPipeline(_tiny_unet(), DDPMScheduler())
     pipe.set_progress_bar_config(disable=True)
@@ -315,12 +317,12 @@ def test_dps_pipeline_uses_gradients():
     out = pipe(op, y, num_inference_steps=3, zeta=0.5, generator=g())
     a = out.images
     b = pipe(op, y, num_inference_steps=3, zeta=1e-8, generator=g()).images
-    assert out.nfe == 3
+    assert out.nfe == 3 and out.cg_seconds == 0.0
     assert torch.isfinite(a).all() and not torch.allclose(a, b, atol=1e-4)
 
 
 def test_baselines():
-    from pipelines.baselines import cg_least_squares, fbp_reconstruction, tv_pdhg
+    from lml_sampler.pipelines.baselines import cg_least_squares, fbp_reconstruction, tv_pdhg
 
     op = ParallelBeamCT(16, sparse_view_angles(12))
     x = torch.zeros(1, 1, 16, 16, dtype=torch.float64)
@@ -336,8 +338,23 @@ def test_baselines():
                            torch.zeros(1, 2, 16, 16, dtype=torch.complex64))
 
 
+def test_run_method_gives_each_method_its_own_knobs():
+    from lml_sampler.pipelines.baselines import cg_least_squares
+    from lml_sampler.pipelines.tasks import METHODS, PRIOR_METHODS, make_task, run_method
+
+    task = make_task("ct-sparse", n=1, size=16)
+    x, stats = run_method("cgls", task, cgls_iters=3, gamma=5.0, tv_lambda=0.1)  # other methods' knobs: ignored
+    assert torch.equal(x, cg_least_squares(task.operator, task.y, 3))
+    assert stats["method"] == "cgls" and stats["iters"] == 3 and stats["seconds"] >= 0
+    assert set(PRIOR_METHODS) == {"dds", "dds-m0", "ddnm", "dps"} and set(PRIOR_METHODS) < set(METHODS)
+    with pytest.raises(ValueError, match="prior"):
+        run_method("dds", task)
+    with pytest.raises(ValueError, match="method must be one of"):
+        run_method("dds-m1", task)
+
+
 def test_cli_writes_png_and_metrics(tmp_path):
-    from pipelines.reconstruct import main
+    from lml_sampler.pipelines.reconstruct import main
 
     rc = main(["--task", "mri", "--model", "gaussian", "--method", "dds,zerofill,cgls", "--nfe", "3", "--n", "2",
                "--sigma", "0.05", "--out", str(tmp_path)])
@@ -347,4 +364,5 @@ def test_cli_writes_png_and_metrics(tmp_path):
         assert set(metrics["methods"][m]) >= {"psnr", "ssim", "residual", "stats", "per_sample"}
         assert len(metrics["methods"][m]["per_sample"]["psnr"]) == 2
     assert metrics["task"]["effective_acceleration"] > 1
+    assert metrics["methods"]["dds"]["stats"]["cg_seconds"] > 0
     assert (tmp_path / "comparison.png").stat().st_size > 1000

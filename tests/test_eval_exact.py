@@ -1,4 +1,4 @@
-"""Exact metrics: the transfer-matrix Fréchet distances of benchmarks.md, mixture moments, the Monte-Carlo floor."""
+"""Exact metrics: the transfer-matrix Fréchet distances of docs/exact-score-benchmark.md §2, mixture moments, the Monte-Carlo floor."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import scipy.linalg
 import torch
 from diffusers import DDPMScheduler
 
-import eval as ev
-from eval.samplers import make_scheduler
+import lml_sampler.eval as ev
+from lml_sampler.sampling import sample
+from lml_sampler.schedulers.registry import make_scheduler
 from lml_sampler.models.analytic import GaussianDenoiser
 
 BASE = DDPMScheduler(beta_start=1e-4, beta_end=0.02, beta_schedule="linear", num_train_timesteps=1000,
@@ -21,7 +22,7 @@ def gaussian():
     return GaussianDenoiser.stationary(dtype=torch.float64)
 
 
-# (sampler, NFE, dtype, value from benchmarks.md printed to 4 significant digits)
+# (sampler, NFE, dtype, value from the published table of docs/exact-score-benchmark.md §2, printed to 4 significant digits)
 CELLS = [("ddim", 10, torch.float64, 4.049), ("dpm++2m", 5, torch.float64, 9.919),
          ("dpm++3m", 20, torch.float64, 0.3456), ("unipc", 10, torch.float32, 2.432)]
 
@@ -39,7 +40,7 @@ def test_transfer_matrix_law_matches_samples(gaussian):
     sched = make_scheduler("ddim", BASE)
     m = ev.transfer_matrix(gaussian, sched, 5, gaussian.data_shape)
     x = torch.randn(64, *gaussian.data_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    out, nfe = ev.sample_loop(gaussian, sched, x, 5)
+    out, nfe = sample(gaussian, sched, x, 5)
     assert nfe == 5
     # linear sampler on a zero-mean model: x_0 = M x_T exactly, up to float64 rounding of the FFTs
     torch.testing.assert_close(out.reshape(64, -1), x.reshape(64, -1) @ m.T, rtol=1e-9, atol=1e-9)

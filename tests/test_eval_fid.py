@@ -12,8 +12,8 @@ import scipy.linalg
 import torch
 import torch.nn as nn
 
-import eval as ev
-from eval.extractors import INCEPTION_WEIGHTS_FILE
+import lml_sampler.eval as ev
+from lml_sampler.eval.extractors import INCEPTION_WEIGHTS_FILE
 
 
 # ---------------------------------------------------------------------------------------------------------------------

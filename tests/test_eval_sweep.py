@@ -16,12 +16,12 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-import eval as ev
-from eval import cli
-from eval.generate import owned_shards, shard_ranges
-from eval.report import markdown_table, update_readme
-from eval.samplers import SAMPLERS, make_scheduler
-from eval.sweep import SweepConfig, run_sweep
+import lml_sampler.eval as ev
+from lml_sampler.eval import cli
+from lml_sampler.eval.shards import owned_shards, shard_ranges
+from lml_sampler.eval.report import markdown_table, readme_markdown
+from lml_sampler.schedulers.registry import make_scheduler, parse_sampler, sampler_names
+from lml_sampler.eval.sweep import SweepConfig, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
@@ -100,7 +100,9 @@ def test_text_to_image_prompts_follow_the_sample_index():
 
 def test_every_sampler_builds_from_a_ddpm_config():
     cfg = DDPMScheduler().config
-    for name in SAMPLERS:
+    names = sampler_names(include_discretisations=True)
+    assert {"dpm++2m-karras", "dpm++2m-lu", "lml-dpm++2m-karras", "unipc-karras", "deis", "ddim-trailing"} <= set(names)
+    for name in names:
         if "flow" in name:
             continue
         sched = make_scheduler(name, cfg, **({"lamb": 0.5, "kappa": 1e-3} if name.startswith("lml-") else {}))
@@ -110,18 +112,29 @@ def test_every_sampler_builds_from_a_ddpm_config():
     assert make_scheduler("ddim", cfg).config.timestep_spacing == "trailing"
     assert make_scheduler("dpm", cfg).config.algorithm_type == "dpmsolver"
     assert make_scheduler("dpm++3m", cfg).config.solver_order == 3
+    assert make_scheduler("dpm++2m-karras", cfg).config.use_karras_sigmas is True
+    assert make_scheduler("dpm++2m-lu", cfg).config.use_lu_lambdas is True
     with pytest.raises(ValueError, match="only to lml"):
         make_scheduler("ddim", cfg, lamb=1.0)
     with pytest.raises(ValueError, match="unknown sampler"):
         make_scheduler("heun", cfg)
-    from eval.samplers import parse_sampler_spec
 
-    assert parse_sampler_spec("lml-ddim@kappa=1e-2:lamb=0.5") == ("lml-ddim", {"kappa": 0.01, "lamb": 0.5})
-    assert parse_sampler_spec("unipc") == ("unipc", {})
+
+def test_sampler_names_parse_with_settings_and_refuse_what_does_not_exist():
+    spec = parse_sampler("lml-dpm++2m-karras@kappa=1e-2:lm_gamma=0.3:lm_formula=stable")
+    assert (spec.name, spec.solver, spec.discretisation, spec.lml) == ("lml-dpm++2m-karras", "dpm++2m", "karras", True)
+    assert spec.settings == {"kappa": 0.01, "lm_gamma": 0.3, "lm_formula": "stable"}
+    assert parse_sampler("unipc").settings == {} and parse_sampler("dpm++2m@solver_order=3").settings == {"solver_order": 3}
     with pytest.raises(ValueError, match="only to lml"):
-        parse_sampler_spec("ddim@kappa=1")
+        parse_sampler("ddim@kappa=1")
+    with pytest.raises(ValueError, match="no config key"):
+        parse_sampler("lml-ddim@gamma=1")
     with pytest.raises(ValueError, match="key=value"):
-        parse_sampler_spec("lml-ddim@gamma=1")
+        parse_sampler("lml-ddim@kappa")
+    with pytest.raises(ValueError, match="discretisation"):
+        parse_sampler("ddim-karras")  # DDIMScheduler has no Karras sigmas
+    with pytest.raises(ValueError, match="no LML variant"):
+        parse_sampler("lml-unipc")
 
 
 def test_shards_partition_indices():
@@ -172,14 +185,9 @@ def test_sweep_on_a_pipeline_folder_with_reports(tmp_path, tiny_pipe):
     # a re-run resumes: finished cells are read back, not recomputed
     stamp = (cell / "result.json").stat().st_mtime_ns
     assert run_sweep(cfg) == rows and (cell / "result.json").stat().st_mtime_ns == stamp
-    # README section writer, on a copy of the README
-    (tmp_path / "scripts").mkdir()
-    (tmp_path / "scripts" / "readme_section.py").write_text((REPO / "scripts" / "readme_section.py").read_text())
-    (tmp_path / "README.md").write_text("x\n<!-- BEGIN: sweep -->\nOLD-CONTENT\n<!-- END: sweep -->\ny\n")
-    update_readme(rows, out, repo_root=tmp_path)
-    text = (tmp_path / "README.md").read_text()
-    assert "OLD-CONTENT" not in text and "![FID vs NFE](docs/images/fid_vs_nfe.png)" in text and "| lml-ddim" in text
-    assert (tmp_path / "docs" / "images" / "fid_vs_nfe.png").is_file()
+    # the README section's Markdown: returned by the library, written into the README by benchmarks/fid_sweep.py
+    md = readme_markdown(rows, "docs/images/fid_vs_nfe.png")
+    assert "![FID vs NFE](docs/images/fid_vs_nfe.png)" in md and "| lml-ddim" in md
 
 
 def test_markdown_marks_exact_cells():
@@ -228,7 +236,7 @@ def _shard_arrays(out: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def test_killed_run_resumes_without_loss_or_double_count(tmp_path):
     out = tmp_path / "killed"
-    args = [sys.executable, "-m", "eval.cli", "sweep", "--out", str(out), *GMM_ARGS, "--num-samples", "400",
+    args = [sys.executable, "-m", "lml_sampler.eval.cli", "sweep", "--out", str(out), *GMM_ARGS, "--num-samples", "400",
             "--shard-size", "10", "--batch-size", "10"]
     proc = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -266,7 +274,7 @@ def test_two_accelerate_processes_match_one(tmp_path):
     # --multi_gpu uses torchrun, and eval picks the gloo backend on a CPU-only machine
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-              "-m", "eval.cli", "sweep", "--out", str(two), "--device", "cpu"]
+              "-m", "lml_sampler.eval.cli", "sweep", "--out", str(two), "--device", "cpu"]
     res = subprocess.run(launch + common, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     one = tmp_path / "one"

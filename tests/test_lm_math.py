@@ -50,7 +50,7 @@ def test_identity_cases_are_bitwise():
 
 
 def test_small_kappa_limit_is_gamma_deflection():
-    """LM(v) ≈ ‖v‖·normalize(v − γ p⊥v), γ = κ‖v‖²/λ (lml.md §2.3), with an O(κ) remainder."""
+    """LM(v) ≈ ‖v‖·normalize(v − γ p⊥v), γ = κ‖v‖²/λ (docs/lml.md §4), with an O(κ) remainder."""
     g = torch.Generator().manual_seed(2)
     v = torch.randn(4, 3072, generator=g, dtype=torch.float64)
     prev = 0.9 * v + 0.45 * torch.randn(4, 3072, generator=g, dtype=torch.float64)
@@ -109,7 +109,7 @@ def test_official_formula_is_the_released_expression(kappa):
 
 def test_official_formula_cancellation_has_the_predicted_size():
     """At κ = 0 the released expression is the identity in exact arithmetic; in floating point it returns v plus
-    rounding noise of relative size c·u·‖v‖²/λ (lml.md §5): w_i = v_i − fl(fl(v_i·S)/fl(λ+S)) keeps only the two
+    rounding noise of relative size c·u·‖v‖²/λ (docs/lml.md §2): w_i = v_i − fl(fl(v_i·S)/fl(λ+S)) keeps only the two
     rounding errors of the product and the quotient, of rms ≈ 0.38·u each (round-to-nearest over uniformly spread
     mantissas), against an exact w of v·λ/(λ+S). So c ≈ √2·0.38 ≈ 0.54; we accept c ∈ [0.3, 0.8]."""
     g = torch.Generator().manual_seed(5)

@@ -94,7 +94,7 @@ def test_gamma_parametrisation_is_scale_free():
 
     for c in (1e-3, 7.0, 1e4):  # LM(c·v; c·p) = c·LM(v; p)
         assert rel(lm_gamma(c * v, c * p), c * lm_gamma(v, p)) < 1e-12
-    # Small κ: the deflection is γ·p⊥v (lml.md §9.3).
+    # Small κ: the deflection is γ·p⊥v (docs/lml.md §4).
     vv = (v * v).sum(dim=(1, 2, 3), keepdim=True)
     p_perp = p - v * (p * v).sum(dim=(1, 2, 3), keepdim=True) / vv
     d = v - 0.5 * p_perp

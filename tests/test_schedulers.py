@@ -1,4 +1,4 @@
-"""The drop-in contract of the three LML schedulers (diffusers-contract.md §2, §7), and parity with their parents."""
+"""The drop-in contract of the three LML schedulers (docs/diffusers-integration.md), and parity with their parents."""
 
 import inspect
 import itertools
@@ -121,7 +121,7 @@ def test_public_api_where_the_parent_has_it(parent, child):
 
 
 def parity_configs():
-    """Every DPM-Solver variant the correction acts on (lml.md §3), plus the flow and DDIM paths."""
+    """Every DPM-Solver variant the correction acts on (docs/lml.md §5), plus the flow and DDIM paths."""
     for order, algo, solver_type in itertools.product(
         (1, 2, 3), ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++"), ("midpoint", "heun")
     ):
@@ -221,7 +221,7 @@ def test_freeze_leaves_the_noisiest_fraction_uncorrected(parent, child):
 
 @pytest.mark.parametrize("parent,child", PAIRS)
 def test_official_formula_reproduces_the_released_rounding(parent, child):
-    """κ = 0 with the released expression: the identity in float64, rounding noise in float32 (lml.md §5)."""
+    """κ = 0 with the released expression: the identity in float64, rounding noise in float32 (docs/lml.md §2)."""
     sample = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     # ‖v‖² ≲ 2e3 and λ = 1e-2: per-step noise ≈ 0.5·u·‖v‖²/λ is ≲ 1e-11 in float64 and ≲ 1e-2 in float32.
     for dtype, lo, hi in ((torch.float64, 0.0, 1e-8), (torch.float32, 1e-6, 0.1)):

@@ -1,6 +1,6 @@
 """Batched, complex-correct conjugate gradient for Hermitian positive (semi-)definite operators.
 
-This fixes the three defects of the official DDS CG (spec dds.md §7.3): the inner product is the Hermitian
+This fixes the three defects of the official DDS CG (docs/dds.md §3, §5): the inner product is the Hermitian
 ``sum(conj(u) * v)`` (not the bilinear ``uᵀv``, which turns CG into COCG for complex data), it is computed per
 sample over all non-batch dims (no coupling of batch elements through one global step size), and the stopping
 rule is relative to ``‖b‖`` per sample (not an absolute ``1e-5``). Inner products are accumulated in float64

@@ -1,4 +1,4 @@
-"""One preconditioned Langevin step with a damped low-rank preconditioner (lml.md §9.2), as a pure function."""
+"""One preconditioned Langevin step with a damped low-rank preconditioner (docs/lml.md §7), as a pure function."""
 
 from __future__ import annotations
 

@@ -6,9 +6,9 @@ LML replaces a sampler's update vector ``v`` by the damped rank-1 "Hessian-preco
     w  = (λI + u uᵀ)⁻¹ v · λ = v − u (u·v) / (λ + ‖u‖²)
     LM(v; p) = ‖v‖ · w / ‖w‖
 
-per sample, over all non-batch dims (lml.md §2.2). In exact arithmetic κ = 0 gives w = v·λ/(λ + ‖v‖²), so LM is the
+per sample, over all non-batch dims (docs/lml.md §1). In exact arithmetic κ = 0 gives w = v·λ/(λ + ‖v‖²), so LM is the
 identity; the released float32 code instead evaluates ``v − v·(v·v)/(λ + ‖v‖²)``, which cancels catastrophically when
-λ ≪ ‖v‖² and returns v plus rounding noise (lml.md §5). ``formula="stable"`` evaluates the same operator without
+λ ≪ ‖v‖² and returns v plus rounding noise (docs/lml.md §2). ``formula="stable"`` evaluates the same operator without
 cancellation; ``formula="official"`` reproduces the released expression operation for operation.
 
 Stable algebra. With q = p − v split into its parts along and across v, q = c·v + q⊥ (c = q·v/‖v‖², q⊥ ⟂ v), and
@@ -18,7 +18,7 @@ a = 1 + κc, we have u = a·v + κ·q⊥, and
 
 Both coefficients are computed from non-negative terms or one product, and the two vectors are orthogonal, so
 nothing cancels; the positive factor (λ + ‖u‖²) drops out in the renormalisation. For small κ this is
-‖v‖·normalize(v − γ·p⊥v) with γ = κ‖v‖²/λ, the effective strength of the method (lml.md §2.3).
+‖v‖·normalize(v − γ·p⊥v) with γ = κ‖v‖²/λ, the effective strength of the method (docs/lml.md §3–§4).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Damped low-rank matrices M = λI + U Uᵀ, per sample: inverse, inverse square root, and the LM direction.
 
 U holds k vectors per sample, shape ``(B, k, *sample_shape)``; λ is a float or a per-sample ``(B,)`` tensor. All
-k×k work (Gram matrices, eigendecompositions, solves) runs in float64 (lml.md §9).
+k×k work (Gram matrices, eigendecompositions, solves) runs in float64 (docs/lml.md §6–§7).
 
-Closed forms (lml.md §9.2). With the thin eigendecomposition G = UᵀU = W diag(s²) Wᵀ and the orthonormal
+Closed forms (docs/lml.md §7). With the thin eigendecomposition G = UᵀU = W diag(s²) Wᵀ and the orthonormal
 Q = U W diag(1/s) (kept where s² > τ), M has eigenvalues λ + s_i² on span(Q) and λ elsewhere, so for any f
 
     f(M) x = f(λ)·x + Q diag(f(λ + s_i²) − f(λ)) Qᵀ x .
@@ -138,7 +138,7 @@ def lm_columns(v: torch.Tensor, history: list[torch.Tensor], kappa: float) -> to
 
 
 def gamma_to_lamb(v: torch.Tensor, kappa: float, gamma: float) -> torch.Tensor:
-    """The per-sample damping λ = κ‖v‖²/γ that gives the LM correction the scale-free strength γ (lml.md §9.3).
+    """The per-sample damping λ = κ‖v‖²/γ that gives the LM correction the scale-free strength γ (docs/lml.md §4).
 
     γ = κ‖v‖²/λ is the deflection the correction applies (tan θ ≈ γ‖p⊥v‖/‖v‖); fixing γ instead of λ makes one value
     transfer across models, resolutions, guidance scales and step counts, because LM(c·v; c·p) = c·LM(v; p).

@@ -1,7 +1,7 @@
 """Reference models: exact-score analytic denoisers and the bundled trained models."""
 
 from .analytic import AnalyticDenoiser, EmpiricalDenoiser, GaussianDenoiser, GMMDenoiser
-from .bundled import available_models, load_feature_extractor, load_pipeline
+from .bundled import available_models, load_classifier, load_pipeline
 
 __all__ = [
     "AnalyticDenoiser",
@@ -9,6 +9,6 @@ __all__ = [
     "GMMDenoiser",
     "GaussianDenoiser",
     "available_models",
-    "load_feature_extractor",
+    "load_classifier",
     "load_pipeline",
 ]

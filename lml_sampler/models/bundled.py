@@ -1,11 +1,13 @@
 """Bundled pretrained models that run offline, and one loader for those, local folders and Hub ids.
 
-Bundled (shipped as package data under ``lml_sampler/models/weights/<name>/``, trained by ``scripts/train_*.py``):
+Bundled (shipped as package data under ``lml_sampler/models/weights/<name>/``, trained by ``scripts/train_prior.py``
+and ``scripts/train_classifier.py``):
 
 - ``"digits"``: ``DDPMPipeline``, ~1.1 M-parameter UNet2DModel, 1x16x16 sklearn digits in [-1, 1].
 - ``"phantoms"``: ``DDPMPipeline``, ~1.1 M-parameter UNet2DModel, 1x32x32 random ellipse (CT-like) phantoms.
 - ``"digits-features"``: :class:`DigitsClassifier`, a small CNN digit classifier whose penultimate layer is the
-  feature space of the domain FID (``load_feature_extractor``).
+  feature space of the domain FID (``load_classifier``; ``lml_sampler.eval.load_feature_extractor("digits-features")``
+  wraps it for FID).
 
 ``load_pipeline`` also accepts any local ``save_pretrained`` folder and any Hub id (``DiffusionPipeline
 .from_pretrained``; the tests never download).
@@ -39,12 +41,10 @@ def bundled_path(name: str) -> Path:
         )
     path = WEIGHTS_DIR / name
     if not (path / ("config.json" if name in BUNDLED_FEATURE_EXTRACTORS else "model_index.json")).is_file():
-        script = {"digits": "train_digits.py", "digits-features": "train_classifier.py"}.get(name, "train_phantoms.py")
-        extra = " --complex" if name == "phantoms-complex" else ""
-        raise FileNotFoundError(
-            f"bundled model {name!r} has no weights at {path}; train them with "
-            f"`python scripts/{script} --out {path}{extra}`"
-        )
+        command = ("python -m scripts.train_classifier" if name in BUNDLED_FEATURE_EXTRACTORS
+                   else f"python -m scripts.train_prior {name} --steps 20000")
+        raise FileNotFoundError(f"bundled model {name!r} has no weights at {path}; train them from a checkout of "
+                                f"the repository with `{command} --out {path}`")
     return path
 
 
@@ -146,10 +146,10 @@ class DigitsClassifier(nn.Module):
         return self.features(x)
 
 
-def load_feature_extractor(name_or_path: str | os.PathLike = "digits-features", device=None) -> DigitsClassifier:
+def load_classifier(name_or_path: str | os.PathLike = "digits-features", device=None) -> DigitsClassifier:
     """The bundled digit classifier (eval mode, parameters frozen) or one saved in a local folder.
 
-    The folder holds ``config.json`` and ``model.safetensors`` (written by ``scripts/train_classifier.py``).
+    The folder holds ``config.json`` and ``model.safetensors`` (written by ``python -m scripts.train_classifier``).
     """
     from safetensors.torch import load_file
 

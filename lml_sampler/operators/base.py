@@ -1,8 +1,9 @@
 """The one interface every imaging operator implements: ``A``, ``A_adjoint`` and their composition.
 
-deepinv-style (``LinearPhysics``: ``A``, ``A_adjoint``, ``A_adjoint_A``, ``adjointness_test``) but native torch,
-because deepinv hard-depends on torchvision (spec fid.md §6), which this project does not install. Solvers
-(conjugate gradient, proximal steps) live in :mod:`lml_sampler.math.cg`, not on the operator.
+The interface of deepinv's ``LinearPhysics`` (Tachella et al., "DeepInverse", 2023: ``A``, ``A_adjoint``,
+``A_adjoint_A``, ``adjointness_test``) but native torch, because deepinv hard-depends on torchvision, which this
+project does not install. Solvers (conjugate gradient, proximal steps) live in :mod:`lml_sampler.math.cg`, not on the
+operator.
 
 Conventions:
 * Tensors carry a leading batch dim; ``in_shape`` / ``out_shape`` are the per-sample shapes (without batch).

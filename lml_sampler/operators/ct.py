@@ -1,11 +1,11 @@
 """2D parallel-beam CT as an explicit sparse matrix, so that the adjoint is its exact transpose.
 
 The official DDS projector rotates with ``grid_sample`` and uses a scaled, *approximately* matched back-projector
-(spec dds.md §7.8). Here the Radon transform is discretised once as a ray-driven bilinear interpolation matrix
+(docs/dds.md §8). Here the Radon transform is discretised once as a ray-driven bilinear interpolation matrix
 ``R`` (rays sampled every ``dt`` pixels along their length, bilinear weights onto the 4 neighbouring pixels, times
 ``dt``); ``A = scale * R`` and ``Aᵀ = scale * Rᵀ`` (a stored CSR transpose), so ⟨Ax, y⟩ = ⟨x, Aᵀy⟩ holds to
 round-off. ``scale`` defaults to ``1/‖R‖`` (``normalize=True``), which gives ``‖A‖ = 1`` like the MRI operators and
-makes one data-consistency weight γ meaningful across tasks (spec dds.md §7.7).
+makes one data-consistency weight γ meaningful across tasks (docs/dds.md §8).
 """
 
 from __future__ import annotations

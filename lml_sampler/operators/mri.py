@@ -1,9 +1,9 @@
 """Cartesian MRI: single- and multi-coil (SENSE) forward models, simulated coil maps and undersampling masks.
 
 F is the centred orthonormal 2D FFT (fastMRI ``fft2c``: ifftshift -> fft2(norm="ortho") -> fftshift), so
-``‖A‖ <= 1`` when the coil maps satisfy ``Σ_c |S_c|² = 1`` (spec dds.md §4.1). Masks act on k-space columns (1D)
+``‖A‖ <= 1`` when the coil maps satisfy ``Σ_c |S_c|² = 1`` (docs/dds.md §8). Masks act on k-space columns (1D)
 or points (2D), are shared by all coils, and report their *effective* acceleration ``H*W / #sampled``, which
-differs from the nominal one (the official masks draw with replacement; spec table in §4.1).
+differs from the nominal one (the official masks draw with replacement; docs/dds.md §8).
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def simulate_coil_sensitivities(n_coils: int, size, generator=None, width: float
 
     Coil ``c`` sits on a circle of radius 1.3 (field of view [-1, 1]²) at angle ``2πc/n_coils`` (plus a random
     rotation); its magnitude is a Gaussian bump of the distance to the coil and its phase a smooth linear ramp.
-    Normalising by the root-sum-of-squares makes ``‖A‖ <= 1`` for the SENSE operator (spec dds.md §7.7).
+    Normalising by the root-sum-of-squares makes ``‖A‖ <= 1`` for the SENSE operator (docs/dds.md §8).
     """
     H, W = _check_size(size)
     if not isinstance(n_coils, int) or n_coils < 1:

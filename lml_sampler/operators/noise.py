@@ -12,7 +12,7 @@ __all__ = ["add_noise"]
 def add_noise(y: torch.Tensor, sigma: float, generator: torch.Generator | None = None, support=None) -> torch.Tensor:
     """Return ``y + n`` with ``n ~ N(0, σ² I)`` (real ``y``) or ``CN(0, σ² I)`` (complex ``y``: Re and Im each with
     std ``σ/√2``, so ``E|n|² = σ²`` per entry), restricted to ``support`` (1 = measured entry, e.g. the sampled
-    k-space locations; unmeasured entries stay exactly 0). The official DDS code never adds noise (dds.md §7.4).
+    k-space locations; unmeasured entries stay exactly 0). The official DDS code never adds noise (docs/dds.md §4).
     """
     if not sigma >= 0:
         raise ValueError(f"sigma must be >= 0, got {sigma!r}")

@@ -28,7 +28,7 @@ LM_CONFIG_DEFAULTS: dict[str, object] = {
 LM_CONFIG_DOC = """
         lamb (`float`, defaults to 1.0):
             The LM damping λ > 0 of H = λI + u uᵀ. It acts only through γ = κ‖v‖²/λ, so it is not transferable across
-            models, resolutions or step counts (lml.md §7.3).
+            models, resolutions or step counts (docs/lml.md §4).
         kappa (`float`, defaults to 0.0):
             The EMA weight κ ∈ [0, 1] of the previous vector in u = κ·p + (1 − κ)·v. At κ = 0 (the released default)
             the correction is the identity in exact arithmetic, and the stable formula returns the parent's output
@@ -40,7 +40,7 @@ LM_CONFIG_DOC = """
             only if i ≥ freeze·N.
         lm_formula (`"stable"` or `"official"`, defaults to `"stable"`):
             `"stable"`: the operator evaluated in float64 without cancellation. `"official"`: the released float32
-            expression, rounding noise included (lml.md §5), for reproduction studies.
+            expression, rounding noise included (docs/lml.md §2, §8), for reproduction studies.
         lm_rank (`int`, defaults to 1):
             Number k of previous vectors in H = λI + Σ_j u_j u_jᵀ, u_j = κ·p_j + (1 − κ)·v (Woodbury, stable form of
             `lml_sampler.math.lowrank.lm_direction`). 1 is the released operator. Costs O(k²·d) per step, no NFE.

@@ -11,14 +11,14 @@ from ._ddim import ddim_alphas
 from ._lm import LM_CONFIG_DOC, LMStateMixin, extend_init_signature, same_signature_as, split_lm_kwargs
 
 # `DiffusionPipeline.from_pretrained` imports this module and looks up `SchedulerMixin` in its namespace to pick the
-# loader of a third-party component (diffusers-contract.md §8): the import above is load-bearing.
+# loader of a third-party component (docs/diffusers-integration.md §3): the import above is load-bearing.
 
 
 class LMLDDIMScheduler(LMStateMixin, DDIMScheduler):
     """[`DDIMScheduler`] whose direction term uses the LM-corrected noise prediction.
 
     The DDIM update is x_prev = √ᾱ_prev·x̂0(ε) + √(1 − ᾱ_prev − σ²)·ε + σz. LML replaces the ε of the direction
-    term by LM(ε; ε_prev) and keeps x̂0 on the raw ε (lml.md §3), so this class runs the parent's step unchanged and
+    term by LM(ε; ε_prev) and keeps x̂0 on the raw ε (docs/lml.md §5), so this class runs the parent's step unchanged and
     adds √(1 − ᾱ_prev − σ²)·(LM(ε) − ε). The ε here is the one the parent puts in its direction term: the converted
     model output, or the one re-derived from the clipped x̂0 with `use_clipped_model_output=True`.
 

@@ -1,6 +1,6 @@
 """DDS: Decomposed Diffusion Sampler (Chung, Lee, Ye, ICLR 2024) as a ``DDIMScheduler`` subclass.
 
-Each ``step`` (spec dds.md §1-§2):
+Each ``step`` (docs/dds.md §1, §3):
 
 1. the parent ``DDIMScheduler.step`` computes Tweedie's ``x̂0`` (its ``pred_original_sample``) and the DDIM update
    ``x_prev = √ᾱ_prev·x̂0 + √(1−ᾱ_prev−σ_t²)·ε̂ + σ_t·z`` with the *pre*-DC noise estimate ``ε̂``;
@@ -14,7 +14,7 @@ Each ``step`` (spec dds.md §1-§2):
    copied, and ``cg_iters=0`` reproduces plain DDIM bit for bit. The last step (``prev_timestep < 0``) returns the
    data-consistent ``x̂0'`` itself.
 
-η parametrisations (``eta_type``), spec dds.md §1.2:
+η parametrisations (``eta_type``), docs/dds.md §2:
 
 * ``"ddim"``: standard DDIM ``σ_t = η·β̃_t``, ``β̃_t = √((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev)``; ``η`` is passed to the
   parent unchanged (η=0 deterministic, η=1 DDPM-like).
@@ -24,7 +24,7 @@ Each ``step`` (spec dds.md §1-§2):
 
 Complex data (MRI): the model sees real tensors with 2·C channels (Re, Im pairs); the operator gets complex
 ``(B, C, H, W)``. ``x̂0`` is converted to complex *before* forming the right-hand side ``x̂0 + γAᴴy`` (the official
-multi-coil code adds complex ``γAᴴy`` to the real 2-channel ``x̂0``, i.e. ``x̂0 + γ(1+j)Aᴴy``; spec §7.1).
+multi-coil code adds complex ``γAᴴy`` to the real 2-channel ``x̂0``, i.e. ``x̂0 + γ(1+j)Aᴴy``; docs/dds.md §5).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class DDSScheduler(DDIMScheduler):
                 Complex-domain operators are fed the model's 2·C real channels as C complex channels.
             y: measurements ``(B, *operator.out_shape)``; B must equal the sample batch (no silent broadcast).
             gamma: proximal weight γ > 0 of the noisy update ``(I + γAᴴA)x = x̂0 + γAᴴy`` (ignored if
-                ``noiseless``). Its meaning depends on the operator scale (here ``‖A‖ <= 1``; spec §7.7).
+                ``noiseless``). Its meaning depends on the operator scale (here ``‖A‖ <= 1``; docs/dds.md §8).
             cg_iters: CG iterations M >= 0 per step (paper and code: 5). 0 = plain DDIM.
             noiseless: solve ``AᴴA x = Aᴴy`` from ``x̂0`` instead of the proximal problem.
             cg_tol: relative residual tolerance of CG (per sample); rarely reached within M iterations.

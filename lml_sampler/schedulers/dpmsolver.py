@@ -15,7 +15,7 @@ class LMLDPMSolverMultistepScheduler(LMStateMixin, DPMSolverMultistepScheduler):
     """[`DPMSolverMultistepScheduler`] whose solver increment is LM-corrected.
 
     Every update of the parent (first, second and third order, for `"dpmsolver"` and `"dpmsolver++"`) has the form
-    x_t = a·x_s + v, with v the increment built from the multistep history (lml.md §3). The update is affine in
+    x_t = a·x_s + v, with v the increment built from the multistep history (docs/lml.md §5). The update is affine in
     x_s, so evaluating the parent's own update at x_s = 0 gives v exactly as the parent computes it; this class
     then returns the parent's x_t + (LM(v) − v). No solver formula is copied.
 

@@ -14,7 +14,7 @@ class LMLFlowMatchEulerDiscreteScheduler(LMStateMixin, FlowMatchEulerDiscreteSch
     """[`FlowMatchEulerDiscreteScheduler`] stepping with the LM-corrected velocity.
 
     The parent's step is linear in the velocity on both paths: x + (σ_next − σ)·v, and with `stochastic_sampling`
-    x̂0 = x − σ·v followed by re-noising (lml.md §3). So the corrected step is the parent's step fed LM(v; v_prev),
+    x̂0 = x − σ·v followed by re-noising (docs/lml.md §5). So the corrected step is the parent's step fed LM(v; v_prev),
     computed in float64 and handed over in float32 (or float64), the precision the parent upcasts to; the result is
     cast back to the model's dtype as the parent does. `per_token_timesteps` work unchanged.
 
