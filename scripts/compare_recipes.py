@@ -64,7 +64,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_measure(args) -> int:
-    from .prior_quality import measure
+    from benchmarks.prior_quality import measure
 
     rows = []
     for plan in sorted((ROOT / args.prior).glob("*/plan.json")):
