@@ -42,6 +42,7 @@ def user_error(message: str) -> NoReturn:
     print(f"lml-eval: error: {text}", file=sys.stderr)
     raise SystemExit(2)
 
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 

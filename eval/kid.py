@@ -4,7 +4,7 @@ The standard protocol (torch-fidelity and torchmetrics defaults): ``S = 100`` su
 without replacement from each side; on each, the unbiased estimate
 
     MMD²ᵤ = Σ_{i≠j} k(xᵢ,xⱼ)/(m(m−1)) + Σ_{i≠j} k(yᵢ,yⱼ)/(m(m−1)) − 2 Σ_{i,j} k(xᵢ,yⱼ)/m²,
-    k(x, y) = (γ xᵀy + c)ᵖ,  p = 3, γ = 1/d, c = 1   (torchmetrics' ``poly_kernel``),
+    k(x, y) = (γ xᵀy + c)ᵖ,  p = 3, γ = 1/d, c = 1   (torchmetrics' ``poly_kernel``, here evaluated in place),
 
 and KID is the mean of the S values, reported with their standard deviation. Averaged over all possible subsets,
 the subset mean equals the unbiased MMD² of *all* samples, so its standard error over fresh generated samples is
@@ -24,7 +24,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torchmetrics.image.kid import poly_kernel
 
 from .features import as_features, check_same_dim
 from .uncertainty import DEFAULT_SE_GROUPS, jackknife_groups, jackknife_se
@@ -34,8 +33,13 @@ __all__ = ["KIDResult", "KIDReference", "kid_subset_size", "draw_subsets", "kern
 
 DEFAULT_KID_SUBSETS = 100
 DEFAULT_KID_SUBSET_SIZE = 1000
-#: Memory of one block of kernel rows; the pass never holds more than two such blocks.
+#: Memory of one block of kernel rows (the kernel is built in place: the pass holds one block at a time).
 DEFAULT_CHUNK_BYTES = 128 * 2**20
+
+
+def poly_kernel(a: torch.Tensor, b: torch.Tensor, degree: int, gamma: float, coef: float) -> torch.Tensor:
+    """``(γ a bᵀ + c)ᵖ`` as torchmetrics' ``poly_kernel``, in the one (len(a), len(b)) block the product allocates."""
+    return (a @ b.T).mul_(gamma).add_(coef).pow_(degree)
 
 
 class KIDResult(NamedTuple):
@@ -168,7 +172,7 @@ def kernel_inception_distance(fake, real, subsets: int = DEFAULT_KID_SUBSETS, su
     block_ff = torch.zeros(len(blocks), len(blocks), dtype=torch.float64)  # Σ over group pairs of k(yᵢ, yⱼ)
     block_fr = torch.zeros(len(blocks), dtype=torch.float64)  # Σ over a group and all of real of k(x, y)
     diag = torch.empty(n, dtype=torch.float64)
-    for rows in _row_chunks(n, n + r, ref.max_chunk_bytes):
+    for rows in _row_chunks(n, n + r, ref.max_chunk_bytes):  # k_ff and k_fr together: one block
         k_ff = poly_kernel(y[rows], y, **ref.kernel)
         k_fr = poly_kernel(y[rows], x, **ref.kernel)
         within += ((k_ff @ fake_ind) * fake_ind[rows]).sum(0)

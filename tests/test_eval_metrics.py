@@ -83,6 +83,11 @@ def test_kid_matches_torchmetrics_kernel_inception_distance():
     assert ours.mean == pytest.approx(float(mean), rel=1e-12) and float(std) == pytest.approx(0.0, abs=1e-12)
     assert ours.mean == pytest.approx(ours.full, rel=1e-12)
     assert ours.mean != pytest.approx(float(mean) * 1.001, rel=1e-12)  # the tolerance resolves a 0.1 % error
+    from torchmetrics.image.kid import poly_kernel
+
+    a, b = torch.from_numpy(x[:7]), torch.from_numpy(y[:9])
+    # the in-place kernel is torchmetrics' formula: same operations, same rounding
+    assert torch.equal(ev.kid.poly_kernel(a, b, 3, 1 / 5, 1.0), poly_kernel(a, b, 3, 1 / 5, 1.0))
 
 
 def test_kid_is_chunk_invariant_paired_across_cells_and_detects_a_shift():

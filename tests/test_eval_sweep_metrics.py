@@ -194,3 +194,50 @@ def test_metric_inputs_that_cannot_work_are_one_line_errors(tmp_path, capsys, t2
     line = _user_error(capsys, _t2i_args(t2i, tmp_path / "t", "--metrics", "clip", "--clip-model", str(noproc)))
     assert "no usable CLIP processor" in line and "save_pretrained" in line
     assert not (tmp_path / "t" / "cells").exists()
+
+
+def test_kid_and_pr_commands_on_an_image_folder_match_the_library(tmp_path, capsys):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(4)
+    (tmp_path / "imgs").mkdir()
+    for i, im in enumerate(ev.quantize_uint8(torch.rand(30, 1, 8, 8, generator=g))):
+        Image.fromarray(im[0].numpy()).save(tmp_path / "imgs" / f"{i:03d}.png")
+    real = ev.quantize_uint8(torch.rand(40, 1, 8, 8, generator=g) ** 2)
+    np.save(tmp_path / "real.npy", real.numpy())
+    ref = tmp_path / "ref.npz"
+    assert cli.main(["stats", str(tmp_path / "real.npy"), "--out", str(ref), "--extractor", "random-conv",
+                     "--features"]) == 0
+    ext = ev.load_feature_extractor("random-conv")
+    fake = ev.extract_features(ext, cli.load_images(str(tmp_path / "imgs"))).numpy()
+    real_f = ev.load_features(ev.features_path(ref))
+    capsys.readouterr()
+    # a statistics file finds its features companion; the folder is featurised with the same extractor
+    assert cli.main(["kid", str(tmp_path / "imgs"), str(ref), "--extractor", "random-conv", "--subsets", "7"]) == 0
+    kid = ev.kernel_inception_distance(fake, real_f, subsets=7)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"KID: {kid.mean:.6g} (std over 7 subsets of 30: {kid.std:.3g}; standard error: {kid.se:.3g}")
+    assert cli.main(["pr", str(tmp_path / "imgs"), str(ev.features_path(ref)), "--extractor", "random-conv"]) == 0
+    pr = ev.precision_recall(fake, real_f, 3)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"precision: {pr.precision:.4f}  recall: {pr.recall:.4f}")
+    # a statistics file of another extractor is refused
+    assert cli.main(["stats", str(tmp_path / "real.npy"), "--out", str(tmp_path / "d.npz"), "--extractor",
+                     "digits-features"]) == 0
+    line = _user_error(capsys, ["fid", str(tmp_path / "imgs"), str(tmp_path / "d.npz"), "--extractor", "random-conv"])
+    assert "different extractors ('random-conv' vs 'digits-features')" in line
+
+
+def test_reference_without_features_defaults_to_fid_and_refuses_explicit_kid(t2i, tmp_path, capsys):
+    import shutil
+
+    stats_only = tmp_path / "stats-only.npz"
+    shutil.copyfile(t2i["ref"], stats_only)  # e.g. a pytorch-fid / clean-fid statistics file: mu and sigma only
+    args = _t2i_args(t2i, tmp_path / "run", "--guidance-scale", "2")
+    args[args.index("--ref-stats") + 1] = str(stats_only)
+    assert cli.main(args) == 0
+    (row,) = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert row["fid_se"] > 0 and "kid" not in row
+    assert "FID only" in capsys.readouterr().err
+    line = _user_error(capsys, args + ["--metrics", "fid,kid"])
+    assert "stats-only.features.npz is missing" in line and "--features" in line
