@@ -2,10 +2,12 @@
 ``CLIPScore`` convention; Hessel et al. 2021 with w = 100).
 
 The model is a transformers ``CLIPModel`` with its ``CLIPProcessor``, from a local folder or a Hub id already in the
-local cache (``HF_HUB_OFFLINE=1``: never downloaded). torchmetrics' ``CLIPScore`` is not used: it accepts only a
-fixed list of Hub ids (no local folder), and with transformers ≥ 5 ``get_image_features`` returns a model output
-rather than a tensor, which it does not handle. The embeddings here are ``visual_projection(vision_model(...)
-.pooler_output)`` and ``text_projection(text_model(...).pooler_output)``, the same in transformers 4 and 5.
+local cache (``HF_HUB_OFFLINE=1``: never downloaded). torchmetrics' ``CLIPScore`` is not used: it takes a fixed list
+of Hub ids or a callable returning ``(model, processor)``, and with transformers ≥ 5 its ``update`` fails
+(``get_image_features`` returns a ``BaseModelOutputWithPooling``, which it divides by its ``.norm``; torchmetrics
+1.9.0, transformers 5.24). It needs no torchvision (only its Jina wrapper does). The embeddings here are
+``visual_projection(vision_model(...).pooler_output)`` and ``text_projection(text_model(...).pooler_output)``, the
+same in transformers 4 and 5.
 
 Image embeddings are the per-sample "CLIP features" a sweep stores in its shards (L2-normalised, float32); text
 embeddings are recomputed from the prompts when the score is computed, so the score never needs the images again.
