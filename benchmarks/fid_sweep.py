@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_sweep(SweepConfig(out=args.out))
     image = publish_image(f"{args.out}/fid_vs_nfe.png", "fid_vs_nfe.png")
     kid_image = publish_image(f"{args.out}/kid_vs_nfe.png", "kid_vs_nfe.png")
-    update_readme_section("sweep", readme_markdown(rows, image, command=f"python -m benchmarks.fid_sweep --out {args.out}",
-                                                   kid_image=kid_image))
+    command = f"python -m benchmarks.fid_sweep --out {args.out}"
+    update_readme_section("sweep", readme_markdown(rows, image, command=command, kid_image=kid_image))
     print(f"README section 'sweep' updated; plots at {image}, {kid_image}")
     return 0
 

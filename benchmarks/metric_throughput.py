@@ -58,7 +58,8 @@ def measure(kind: str, n: int, d: int) -> dict:
         for a in range(0, n, 250):
             stats.update(ev.extract_features(ext, images[a : a + 250]))
         seconds = time.perf_counter() - t0
-        return {"seconds": seconds, "per_sample_us": 1e6 * seconds / n, "base_rss_mib": base, "peak_rss_mib": _peak_mib()}
+        return {"seconds": seconds, "per_sample_us": 1e6 * seconds / n, "base_rss_mib": base,
+                "peak_rss_mib": _peak_mib()}
     rng = np.random.default_rng(0)
     fake = rng.standard_normal((n, d))
     real = rng.standard_normal((n, d)) * 1.05

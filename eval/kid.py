@@ -28,8 +28,8 @@ import torch
 from .features import as_features, check_same_dim
 from .uncertainty import DEFAULT_SE_GROUPS, jackknife_groups, jackknife_se
 
-__all__ = ["KIDResult", "KIDReference", "kid_subset_size", "draw_subsets", "kernel_inception_distance", "DEFAULT_KID_SUBSETS",
-           "DEFAULT_KID_SUBSET_SIZE"]
+__all__ = ["KIDResult", "KIDReference", "kid_subset_size", "draw_subsets", "kernel_inception_distance",
+           "poly_kernel", "DEFAULT_KID_SUBSETS", "DEFAULT_KID_SUBSET_SIZE"]
 
 DEFAULT_KID_SUBSETS = 100
 DEFAULT_KID_SUBSET_SIZE = 1000

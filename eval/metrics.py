@@ -6,7 +6,7 @@ models) and, for text-to-image cells scored by CLIP, its CLIP image embeddings (
 | name | row fields | reads |
 |---|---|---|
 | ``fid`` | ``fid`` (in ``result.json``, from the float64 sums), ``fid_se`` | features, reference statistics |
-| ``kid`` | ``kid``, ``kid_std``, ``kid_se``, ``kid_full``, ``kid_floor``, ``kid_floor_se`` | features, reference features |
+| ``kid`` | ``kid``, ``kid_std``, ``kid_se``, ``kid_full``, ``kid_floor(_se)`` | features, reference features |
 | ``pr`` | ``precision``, ``recall``, ``density``, ``coverage`` and their ``*_floor`` | features, reference features |
 | ``clip`` | ``clip``, ``clip_se`` | CLIP image embeddings, prompts |
 

@@ -320,10 +320,10 @@ def readme_markdown(rows: list[dict], image: str = "docs/images/fid_vs_nfe.png",
              "features of the generated uint8 images to those of real images; exact Fréchet distance: of the "
              "samples (pixel space) to the model's known mean and covariance." + kid_txt + " ± is one standard "
              "error over fresh draws of a cell's samples, the reference held fixed (delete-a-group jackknife, 20 "
-             "groups; docs/metrics.md §4); because every sampler sees the same noise, differences between rows are known more precisely "
-             "than the two SEs suggest. The floor is the same statistic for as many real (or exact) samples, i.e. "
-             "what a perfect sampler would score at this N. s/sample: wall-clock generation time per sample on one "
-             "process of a shared 2-core CPU." + lml_txt, "",
+             "groups; docs/metrics.md §4); because every sampler sees the same noise, differences between rows are "
+             "known more precisely than the two SEs suggest. The floor is the same statistic for as many real (or "
+             "exact) samples, i.e. what a perfect sampler would score at this N. s/sample: wall-clock generation time "
+             "per sample on one process of a shared 2-core CPU." + lml_txt, "",
              markdown_table(rows), f"![FID vs NFE]({image})"]
     if kid_image:
         lines.append(f"![KID vs NFE]({kid_image})")
