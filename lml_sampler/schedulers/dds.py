@@ -39,6 +39,8 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
 from lml_sampler.math.cg import conjugate_gradient
 from lml_sampler.schedulers._ddim import ddim_alphas
+from lml_sampler.schedulers._lm import requested_steps, same_signature_as
+from lml_sampler.validation import check_num_inference_steps
 from lml_sampler.operators.base import LinearOperator, from_operator_domain, to_operator_domain
 
 __all__ = ["DDSScheduler", "DDSSchedulerOutput", "ddnm_to_ddim_eta"]
@@ -163,7 +165,10 @@ class DDSScheduler(DDIMScheduler):
         self.cg_seconds = 0.0
         self.num_steps_taken = 0
 
+    @same_signature_as(DDIMScheduler.set_timesteps)
     def set_timesteps(self, *args, **kwargs):
+        check_num_inference_steps(requested_steps(DDIMScheduler.set_timesteps, self, args, kwargs),
+                                  self.config.num_train_timesteps)
         out = super().set_timesteps(*args, **kwargs)
         self._reset_run_state()
         return out
