@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from lml_sampler._io import check_output_file, check_output_folder
+from lml_sampler._optional import MissingExtra
 from lml_sampler.schedulers.registry import parse_sampler, sampler_names
 
 from .extractors import extract_features, load_feature_extractor
@@ -35,7 +36,9 @@ from .fid import (Statistics, compute_statistics, fid_jackknife, frechet_distanc
                   save_statistics)
 
 #: Exceptions that mean "the input is wrong" (the message says what to change): one line on stderr, exit status 2.
-USER_ERRORS = (ValueError, FileNotFoundError)
+#: MissingExtra: an optional dependency (torch-fidelity for Inception FID) is absent or broken; the message says how
+#: to get a working one.
+USER_ERRORS = (ValueError, FileNotFoundError, MissingExtra)
 
 
 def user_error(message: str) -> NoReturn:
