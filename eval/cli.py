@@ -4,12 +4,12 @@ reference statistics and the metrics of folders, following pytorch-fid / clean-f
     lml-eval sweep --out runs/sweep                     # the README's main job (defaults: a few minutes on 2 CPUs)
     lml-eval sweep --out runs/sweep --metrics fid,kid,pr
     lml-eval sweep --models PIPE --prompts p.txt --guidance-scale 1,3,5,7.5 --metrics fid,kid,clip \\
-        --clip-model CLIP_FOLDER --ref-stats ref.npz --out runs/t2i   # FID–CLIP trade-off per sampler and NFE
-    lml-eval stats digits:test --out ref.npz --extractor digits-features --features   # + ref.features.npz
-    lml-eval stats path/to/images --out ref.npz          # Inception (needs the [inception] extra + weights)
-    lml-eval fid path/to/samples ref.npz                 # folder (or .npz statistics / features) vs statistics
-    lml-eval kid path/to/samples ref.features.npz        # KID: folders or features .npz
-    lml-eval pr path/to/samples ref.features.npz --k 3   # precision, recall, density, coverage
+        --clip-model CLIP_FOLDER --ref-stats runs/ref.npz --out runs/t2i   # FID–CLIP trade-off per sampler and NFE
+    lml-eval stats digits:test --out runs/ref.npz --extractor digits-features --features   # + .features.npz
+    lml-eval stats path/to/images --out runs/ref.npz     # Inception (needs the [inception] extra + weights)
+    lml-eval fid path/to/samples runs/ref.npz            # folder (or .npz statistics / features) vs statistics
+    lml-eval kid path/to/samples runs/ref.features.npz   # KID: folders or features .npz
+    lml-eval pr path/to/samples runs/ref.features.npz --k 3   # precision, recall, density, coverage
     accelerate launch --multi_gpu --num_processes 2 -m lml_sampler.eval.cli sweep --out runs/sweep   # sharded (GPUs or CPU)
     torchrun --nproc_per_node 2 -m lml_sampler.eval.cli sweep --out runs/sweep                      # the same with torchrun
 """
