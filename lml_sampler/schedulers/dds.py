@@ -192,7 +192,8 @@ class DDSScheduler(DDIMScheduler):
         """The DC step on a model-space ``x̂0`` ``(B, C, H, W)``: returns ``(x̂0', cg_iterations (B,))``."""
         if self._operator is None:
             raise RuntimeError("DDSScheduler: call set_measurement(operator, y, ...) before step()")
-        z = self._to_operator_domain(x0)
+        # a half-precision model: CG in float32 (operators have no half kernels), the result cast back
+        z = self._to_operator_domain(x0.float() if x0.dtype in (torch.float16, torch.bfloat16) else x0)
         if self.cg_iters == 0:
             return x0, torch.zeros(x0.shape[0], dtype=torch.int64, device=x0.device)
         op, gamma = self._operator, self.gamma
