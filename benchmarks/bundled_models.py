@@ -1,12 +1,12 @@
 """Regenerate the README section "models": what ships, how it was trained, how good its samples are.
 
-    python -m benchmarks.bundled_models                 # measure every bundled prior, grids + README section
-    python -m benchmarks.bundled_models --no-readme     # measure and print only
+    python -m benchmarks.bundled_models                 # measure every bundled prior, grids in runs/, print
+    python -m benchmarks.bundled_models --readme        # ... grids in docs/images/ and the README section
 
 For each bundled prior the sample-quality measurements of ``benchmarks.prior_quality`` are taken from its
 ``training.json`` (``scripts.ship_prior`` stores them there) or measured now; the section lists them against the
 targets, the recipe comparison that chose the recipe, and sample grids (DPM-Solver++ 2M, 20 steps, seed set 0)
-next to real data. Grids go to ``docs/images/``.
+next to real data. Grids go to ``--out`` (``docs/images/`` with ``--readme``).
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ def comparison_table(prior: str, rows: list[dict]) -> str:
     return "\n".join([head, *body])
 
 
-def grids(prior: str) -> tuple[str, str]:
-    """Sample and real grids of ``prior`` in docs/images; returns their README paths."""
+def grids(prior: str, folder: Path = IMAGES) -> tuple[str, str]:
+    """Sample and real grids of ``prior`` in ``folder``; returns their paths (relative, for the README)."""
     from lml_sampler.data.digits import digits_dataset
     from lml_sampler.data.phantoms import random_complex_phantoms, random_ellipse_phantoms
 
@@ -86,14 +86,15 @@ def grids(prior: str) -> tuple[str, str]:
         x, real = (x.pow(2).sum(1, keepdim=True).sqrt() * 2 - 1), (real.pow(2).sum(1, keepdim=True).sqrt() * 2 - 1)
     paths = []
     for name, images in ((f"{prior}_grid.png", x), (f"{prior}_real_grid.png", real)):
-        save_image_grid(quantize_uint8(images.clamp(-1, 1)).numpy(), IMAGES / name, nrow=nrow, scale=scale)
-        paths.append((IMAGES / name).as_posix())
+        save_image_grid(quantize_uint8(images.clamp(-1, 1)).numpy(), folder / name, nrow=nrow, scale=scale)
+        paths.append((folder / name).as_posix())
     return paths[0], paths[1]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--no-readme", action="store_true")
+    p.add_argument("--readme", action="store_true", help="grids in docs/images/ and the README section 'models'")
+    p.add_argument("--out", type=Path, default=Path("runs/bundled_models"), help="grids without --readme")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                      "on a shared 2-core machine, so equal steps of the same architecture are equal compute):", "",
                      comparison_table(prior, info["recipe_comparison"])]
         sections.append("\n".join(text))
-        sample_grid, real_grid = grids(prior)
+        sample_grid, real_grid = grids(prior, IMAGES if args.readme else args.out)
         pictures.append((prior, sample_grid, real_grid))
     clf = json.loads((WEIGHTS_DIR / "digits-features" / "training.json").read_text())
     rows.append(f"| `digits-features` | {clf['params'] / 1e6:.2f} M | digits split 'train' (classifier) | — | "
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "<Hub id>)` returns a diffusers pipeline, `load_classifier(\"digits-features\")` the digit classifier whose "
         "features the domain FID uses. The priors are ε-prediction `UNet2DModel`s on the linear-β DDPM schedule, "
         "trained by `python -m scripts.train_prior` (the loop and recipes: docs/training.md); the classifier has "
-        f"{100 * clf['heldout_accuracy']:.2f} % held-out accuracy. Regenerate: `python -m benchmarks.bundled_models`.",
+        f"{100 * clf['heldout_accuracy']:.2f} % held-out accuracy. Regenerate: `python -m benchmarks.bundled_models --readme`.",
         "", "| model | params | data | recipe | train steps | CPU minutes | weights |", "|---|---|---|---|---|---|---|",
         *rows, "", *[s + "\n" for s in sections],
         "Samples (DPM-Solver++ 2M, 20 steps, seed set 0) next to real data:", "", header,
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "| " + " | ".join(f"![{p} samples]({s}) | ![real]({r})" for p, s, r in pictures) + " |",
     ])
     print(md)
-    if not args.no_readme:
+    if args.readme:
         update_readme_section("models", md)
         print("README section 'models' updated", file=sys.stderr)
     return 0

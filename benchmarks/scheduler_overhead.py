@@ -3,7 +3,10 @@
 Timings on shared cores are noisy, so runs of parent and child alternate, each configuration is repeated, and the
 README reports the median of the per-pair ratios from one run of this script:
 
-    python -m benchmarks.scheduler_overhead --repeats 7 --readme
+    python -m benchmarks.scheduler_overhead            # measure and print
+    python -m benchmarks.scheduler_overhead --readme   # ... and write the README section "overhead"
+
+The section states the command that reproduces it, with every setting that differs from the defaults.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ def to_markdown(rows: list[dict], args) -> str:
     lines = [
         f"Full {args.steps}-step loop, batch {args.batch} of 1×{args.size}×{args.size}, a ~1 M-parameter UNet2DModel, "
         f"CPU ({torch.get_num_threads()} threads), LM active (λ={args.lamb}, κ={args.kappa}); median of "
-        f"{args.repeats} alternating repeats. Regenerate: `python benchmarks/scheduler_overhead.py --readme`.",
+        f"{args.repeats} alternating repeats. Regenerate: `{command(args)}`.",
         "",
         "| scheduler | parent loop (s) | LML loop (s) | LML / parent | parent step (ms) | LML step (ms) | step + model (ms) | (step + model) ratio from step costs |",
         "|---|---|---|---|---|---|---|---|",
@@ -98,7 +101,7 @@ def to_markdown(rows: list[dict], args) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=32)
@@ -106,8 +109,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--lamb", type=float, default=1e-2)
     parser.add_argument("--kappa", type=float, default=0.1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the header reports them)")
     parser.add_argument("--readme", action="store_true", help="write the README section 'overhead'")
-    args = parser.parse_args()
+    return parser
+
+
+def command(args) -> str:
+    """The command line that reproduces ``args``: the settings that differ from the defaults, then ``--readme``."""
+    defaults = vars(build_parser().parse_args([]))
+    flags = [f"--{k} {v:g}" if isinstance(v, float) else f"--{k} {v}" for k, v in vars(args).items()
+             if k != "readme" and v != defaults[k]]
+    return " ".join(["python -m benchmarks.scheduler_overhead", *flags, "--readme"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
     md = to_markdown(measure(args.batch, args.size, args.steps, args.repeats, args.lamb, args.kappa), args)
     print(md)
     if args.readme:

@@ -22,7 +22,6 @@ from .extractors import (
 )
 from .features import features_path, load_features, save_features
 from .fid import (
-    FeatureStatistics,
     FrechetReference,
     Statistics,
     compute_statistics,
@@ -53,6 +52,14 @@ __all__ = [
     "resize_bilinear_tf1", "run_shards", "sample_generators", "sample_seed", "sampler_names", "save_features",
     "save_statistics", "torchmetrics_fid", "transfer_matrix",
 ]
+
+
+def __getattr__(name: str):
+    if name == "FeatureStatistics":  # a torchmetrics Metric: imported on first use (torchmetrics is optional here)
+        from . import fid
+
+        return fid.FeatureStatistics
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def fid_against_statistics(images, reference, extractor, batch_size: int = 256) -> float:

@@ -4,12 +4,12 @@ reference statistics and the metrics of folders, following pytorch-fid / clean-f
     lml-eval sweep --out runs/sweep                     # the README's main job (defaults: a few minutes on 2 CPUs)
     lml-eval sweep --out runs/sweep --metrics fid,kid,pr
     lml-eval sweep --models PIPE --prompts p.txt --guidance-scale 1,3,5,7.5 --metrics fid,kid,clip \\
-        --clip-model CLIP_FOLDER --ref-stats ref.npz --out runs/t2i   # FID–CLIP trade-off per sampler and NFE
-    lml-eval stats digits:test --out ref.npz --extractor digits-features --features   # + ref.features.npz
-    lml-eval stats path/to/images --out ref.npz          # Inception (needs the [inception] extra + weights)
-    lml-eval fid path/to/samples ref.npz                 # folder (or .npz statistics / features) vs statistics
-    lml-eval kid path/to/samples ref.features.npz        # KID: folders or features .npz
-    lml-eval pr path/to/samples ref.features.npz --k 3   # precision, recall, density, coverage
+        --clip-model CLIP_FOLDER --ref-stats runs/ref.npz --out runs/t2i   # FID–CLIP trade-off per sampler and NFE
+    lml-eval stats digits:test --out runs/ref.npz --extractor digits-features --features   # + .features.npz
+    lml-eval stats path/to/images --out runs/ref.npz     # Inception (needs the [inception] extra + weights)
+    lml-eval fid path/to/samples runs/ref.npz            # folder (or .npz statistics / features) vs statistics
+    lml-eval kid path/to/samples runs/ref.features.npz   # KID: folders or features .npz
+    lml-eval pr path/to/samples runs/ref.features.npz --k 3   # precision, recall, density, coverage
     accelerate launch --multi_gpu --num_processes 2 -m lml_sampler.eval.cli sweep --out runs/sweep   # sharded (GPUs or CPU)
     torchrun --nproc_per_node 2 -m lml_sampler.eval.cli sweep --out runs/sweep                      # the same with torchrun
 """
@@ -17,6 +17,7 @@ reference statistics and the metrics of folders, following pytorch-fid / clean-f
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ from typing import NamedTuple, NoReturn
 import numpy as np
 import torch
 
+from lml_sampler._io import check_output_file, check_output_folder
+from lml_sampler._optional import MissingExtra
 from lml_sampler.schedulers.registry import parse_sampler, sampler_names
 
 from .extractors import extract_features, load_feature_extractor
@@ -33,7 +36,9 @@ from .fid import (Statistics, compute_statistics, fid_jackknife, frechet_distanc
                   save_statistics)
 
 #: Exceptions that mean "the input is wrong" (the message says what to change): one line on stderr, exit status 2.
-USER_ERRORS = (ValueError, FileNotFoundError)
+#: MissingExtra: an optional dependency (torch-fidelity for Inception FID) is absent or broken; the message says how
+#: to get a working one.
+USER_ERRORS = (ValueError, FileNotFoundError, MissingExtra)
 
 
 def user_error(message: str) -> NoReturn:
@@ -130,6 +135,10 @@ def cmd_sweep(args) -> int:
     from .metrics import MetricSettings, parse_metrics
     from .sweep import SweepConfig, run_sweep
 
+    check_output_folder(args.out)
+    for flag, path in (("--prompts", args.prompts), ("--ref-stats", args.ref_stats)):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{flag} {path} does not exist")
     for spec in args.samplers:
         parse_sampler(spec)
     metrics = parse_metrics(args.metrics) if args.metrics is not None else None
@@ -160,9 +169,9 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    out = Path(args.out)
-    if out.suffix != ".npz":
-        raise ValueError(f"--out must end in .npz, got {args.out!r}")
+    out = check_output_file(args.out, suffix=".npz")
+    if args.features:
+        check_output_file(features_path(out), flag="--features")
     src = load_source(args.source, args)
     extractor = src.meta.get("extractor", args.extractor)
     path = save_statistics(out, src.stats, extractor=extractor, source=args.source)
@@ -209,15 +218,76 @@ def cmd_pr(args) -> int:
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
-        return _parse_list(text, float)
+        values = _parse_list(text, float)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got {text!r}") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected a comma list of finite numbers, got {text!r}")
+    return values
+
+
+def int_arg(minimum: int):
+    """argparse type: an int >= ``minimum``, refused while parsing (before any work)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
+def int_list_arg(minimum: int):
+    """argparse type: a non-empty comma list of ints >= ``minimum`` (e.g. ``--nfe 5,10,20``)."""
+    one = int_arg(minimum)
+
+    def parse(text: str) -> tuple[int, ...]:
+        values = tuple(one(x.strip()) for x in text.split(",") if x.strip())
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected a comma list of ints >= {minimum}, got {text!r}")
+        return values
+
+    parse.__name__ = f"comma list of ints >= {minimum}"
+    return parse
+
+
+def float_arg(minimum: float | None = None, maximum: float | None = None, positive: bool = False):
+    """argparse type: a finite float, optionally ``> 0`` or within ``[minimum, maximum]``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+        if positive and not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {value:g}")
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            bounds = f"[{minimum if minimum is not None else '-inf'}, {maximum if maximum is not None else 'inf'}]"
+            raise argparse.ArgumentTypeError(f"must be in {bounds}, got {value:g}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line on stderr and exit status 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        user_error(f"{message} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .sweep import DEFAULT_MODELS, DEFAULT_NFE, DEFAULT_SAMPLERS
 
-    p = argparse.ArgumentParser(prog="lml-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="lml-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     def extractor_args(q, default):
@@ -225,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="feature extractor: inception (standard FID), digits-features, random-conv (stand-in)")
         q.add_argument("--inception-weights", default=None,
                        help="path of weights-inception-2015-12-05-6726825d.pth (else the torch-fidelity cache)")
-        q.add_argument("--batch-size", type=int, default=250)
+        q.add_argument("--batch-size", type=int_arg(1), default=250)
 
     s = sub.add_parser("sweep", help="model × sampler × NFE grid → results.csv/.json/.md, fid_vs_nfe.png, grids/")
     s.add_argument("--out", required=True, help="output folder (re-running resumes)")
@@ -235,15 +305,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma list from {', '.join(sampler_names())}, each optionally with a discretisation "
                         "suffix (-karras, -lu, -exp, -beta, -trailing, ...) and settings, e.g. "
                         f"lml-dpm++2m-karras@kappa=1e-3:lm_gamma=0.3 (default: {','.join(DEFAULT_SAMPLERS)})")
-    s.add_argument("--nfe", type=lambda t: _parse_list(t, int), default=DEFAULT_NFE, help="comma list (default 5,10,20)")
-    s.add_argument("--seed", type=int, default=0, help="seed set: sample i uses the seed hash(seed, i)")
-    s.add_argument("--num-samples", type=int, default=None,
+    s.add_argument("--nfe", type=int_list_arg(1), default=DEFAULT_NFE,
+                   help="comma list of model evaluations per sample, each >= 1 (default 5,10,20)")
+    s.add_argument("--seed", type=int_arg(0), default=0, help="seed set: sample i uses the seed hash(seed, i)")
+    s.add_argument("--num-samples", type=int_arg(2), default=None,
                    help="samples per cell (default: 500 domain FID, 2000 exact, 10000 Inception)")
-    s.add_argument("--shard-size", type=int, default=250, help="samples per shard file (the unit of resumption)")
-    s.add_argument("--lamb", type=float, default=1.0, help="LML damping λ of all lml-* samplers (default 1.0)")
-    s.add_argument("--kappa", type=float, default=1e-3,
+    s.add_argument("--shard-size", type=int_arg(1), default=250, help="samples per shard file (the unit of resumption)")
+    s.add_argument("--lamb", type=float_arg(positive=True), default=1.0, help="LML damping λ of all lml-* samplers (default 1.0)")
+    s.add_argument("--kappa", type=float_arg(minimum=0.0), default=1e-3,
                    help="LML EMA weight κ (default 1e-3: γ = κ‖v‖²/λ ≈ 0.26 on 16×16 images; κ = 0 is the identity)")
-    s.add_argument("--freeze", type=float, default=None, help="LML freeze fraction")
+    s.add_argument("--freeze", type=float_arg(0.0, 1.0), default=None, help="LML freeze fraction in [0, 1]")
     s.add_argument("--lm-formula", choices=("stable", "official"), default=None)
     s.add_argument("--ref-stats", default=None, help="reference .npz for pipeline folders / Hub ids")
     s.add_argument("--prompts", default=None, help="text file, one prompt per line (text-to-image pipelines)")
@@ -252,17 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", default=None,
                    help="comma list from fid, kid, pr, clip (default fid,kid; KID only where the reference has raw "
                         "features); adding one to a finished sweep computes only that one from the stored features")
-    s.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (standard protocol: 100)")
-    s.add_argument("--kid-subset-size", type=int, default=None,
+    s.add_argument("--kid-subsets", type=int_arg(1), default=100, help="KID subsets (standard protocol: 100)")
+    s.add_argument("--kid-subset-size", type=int_arg(2), default=None,
                    help="KID subset size (default: 1000, capped by the sample counts)")
-    s.add_argument("--pr-k", type=int, default=3, help="k of the k-NN manifolds of precision/recall (default 3)")
-    s.add_argument("--se-groups", type=int, default=20, help="jackknife groups of the standard errors (default 20)")
+    s.add_argument("--pr-k", type=int_arg(1), default=3, help="k of the k-NN manifolds of precision/recall (default 3)")
+    s.add_argument("--se-groups", type=int_arg(2), default=20, help="jackknife groups of the standard errors (default 20)")
     s.add_argument("--clip-model", default=None,
                    help="CLIP folder (CLIPModel + CLIPProcessor) or cached Hub id, for --metrics ...,clip")
     s.add_argument("--keep-images", action="store_true",
                    help="store every sample's uint8 image in the shards (lets a later --metrics ...,clip embed them)")
     s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    s.add_argument("--grid-samples", type=int, default=8, help="images per row of the per-sampler grids (0: none)")
+    s.add_argument("--grid-samples", type=int_arg(0), default=8, help="images per row of the per-sampler grids (0: none)")
     s.add_argument("--skip-missing", action="store_true", help="skip bundled models whose weights are absent")
     s.add_argument("--no-progress", action="store_true")
     extractor_args(s, None)
@@ -288,15 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
         return q
 
     f = comparison("fid", cmd_fid, "FID of SOURCE against REFERENCE (± jackknife SE when SOURCE has features)", False)
-    f.add_argument("--se-groups", type=int, default=20, help="jackknife groups of the standard error")
+    f.add_argument("--se-groups", type=int_arg(2), default=20, help="jackknife groups of the standard error")
     k = comparison("kid", cmd_kid, "KID of SOURCE against REFERENCE (subset mean, std, standard error)", True)
-    k.add_argument("--subsets", type=int, default=100)
-    k.add_argument("--subset-size", type=int, default=None, help="default 1000, capped by the sample counts")
-    k.add_argument("--degree", type=int, default=3, help="polynomial kernel degree")
-    k.add_argument("--seed", type=int, default=0, help="seed of the random subsets")
-    k.add_argument("--se-groups", type=int, default=20, help="jackknife groups of the standard error")
+    k.add_argument("--subsets", type=int_arg(1), default=100)
+    k.add_argument("--subset-size", type=int_arg(2), default=None, help="default 1000, capped by the sample counts")
+    k.add_argument("--degree", type=int_arg(1), default=3, help="polynomial kernel degree")
+    k.add_argument("--seed", type=int_arg(0), default=0, help="seed of the random subsets")
+    k.add_argument("--se-groups", type=int_arg(2), default=20, help="jackknife groups of the standard error")
     r = comparison("pr", cmd_pr, "precision, recall, density, coverage of SOURCE against REFERENCE", True)
-    r.add_argument("--k", type=int, default=3, help="k of the k-NN manifolds (default 3)")
+    r.add_argument("--k", type=int_arg(1), default=3, help="k of the k-NN manifolds (default 3)")
     return p
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from lml_sampler._optional import import_optional
+
 from .fid import resize_bilinear_tf1
 
 __all__ = [
@@ -69,13 +71,12 @@ class InceptionV3Features(nn.Module):
 
     def __init__(self, weights_path: str | os.PathLike | None = None) -> None:
         super().__init__()
-        try:
-            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-        except ImportError as exc:  # pragma: no cover - torch-fidelity is never installed in CI
-            raise ImportError(
-                "standard Inception FID needs torch-fidelity: pip install 'lml-sampler[inception]' "
-                "(it pulls torchvision); or use a domain extractor (--extractor digits-features)"
-            ) from exc
+        FeatureExtractorInceptionV3 = import_optional(
+            "torch_fidelity.feature_extractor_inceptionv3",
+            "standard Inception FID (--extractor inception; the domain extractors, e.g. --extractor digits-features, "
+            "need neither torch-fidelity nor torchvision)",
+            "pip install 'lml-sampler[inception]' (torch-fidelity, which pulls torchvision)",
+        ).FeatureExtractorInceptionV3
         weights = find_inception_weights(weights_path)  # before construction: torch-fidelity would download
         self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
         self.net.eval().requires_grad_(False)

@@ -10,15 +10,16 @@ Conventions follow pytorch-fid / clean-fid / torchmetrics:
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from torchmetrics import Metric
 
 from lml_sampler._io import atomic_open
+from lml_sampler._optional import import_optional
 
 from .features import as_features, check_same_dim
 from .uncertainty import DEFAULT_SE_GROUPS, jackknife_groups, jackknife_se
@@ -109,48 +110,64 @@ def resize_bilinear_tf1(images: torch.Tensor, size: tuple[int, int]) -> torch.Te
     return t + (b - t) * dy.view(1, 1, out_h, 1)
 
 
-class FeatureStatistics(Metric):
-    """Streaming float64 mean/covariance of ``(N, d)`` features; memory is O(d²), independent of N.
+def __getattr__(name: str):
+    if name == "FeatureStatistics":
+        return _feature_statistics_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    The states are torchmetrics sum-states, so under ``torch.distributed`` (``accelerate launch``, torchrun)
-    ``compute()`` all-reduces them across processes: each process feeds only its own samples.
-    """
 
-    full_state_update = False
-    is_differentiable = False
-    higher_is_better = None
+@functools.cache
+def _feature_statistics_class() -> type:
+    """:class:`FeatureStatistics`, defined on first use: it is a torchmetrics ``Metric``, and torchmetrics fails to
+    import where a broken torchvision is installed, which must not break the rest of the package."""
+    Metric = import_optional("torchmetrics", "FeatureStatistics (a torchmetrics Metric)",
+                             "pip install torchmetrics").Metric
 
-    def __init__(self, num_features: int, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
-        self.num_features = num_features
-        self.add_state("feature_sum", torch.zeros(num_features, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state(
-            "cov_sum", torch.zeros(num_features, num_features, dtype=torch.float64), dist_reduce_fx="sum"
-        )
-        self.add_state("num_samples", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+    class FeatureStatistics(Metric):
+        """Streaming float64 mean/covariance of ``(N, d)`` features; memory is O(d²), independent of N.
 
-    def update(self, features: torch.Tensor) -> None:  # type: ignore[override]
-        """Add a batch of features ``(N, d)`` (any float dtype; accumulated in float64)."""
-        features = torch.as_tensor(features)
-        if features.ndim != 2 or features.shape[1] != self.num_features:
-            raise ValueError(
-                f"features must have shape (N, {self.num_features}), got {tuple(features.shape)}; "
-                "flatten extractor outputs with .flatten(1)"
+        The states are torchmetrics sum-states, so under ``torch.distributed`` (``accelerate launch``, torchrun)
+        ``compute()`` all-reduces them across processes: each process feeds only its own samples.
+        """
+
+        full_state_update = False
+        is_differentiable = False
+        higher_is_better = None
+
+        def __init__(self, num_features: int, **kwargs) -> None:
+            super().__init__(**kwargs)
+            if not isinstance(num_features, int) or num_features < 1:
+                raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+            self.num_features = num_features
+            self.add_state("feature_sum", torch.zeros(num_features, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(
+                "cov_sum", torch.zeros(num_features, num_features, dtype=torch.float64), dist_reduce_fx="sum"
             )
-        f = features.to(device=self.feature_sum.device, dtype=torch.float64)
-        self.feature_sum += f.sum(dim=0)
-        self.cov_sum += f.T @ f
-        self.num_samples += f.shape[0]
+            self.add_state("num_samples", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def compute(self) -> Statistics:  # type: ignore[override]
-        n = int(self.num_samples)
-        if n < 2:
-            raise ValueError(f"need at least 2 samples for a covariance, got {n}")
-        mu = self.feature_sum / n
-        sigma = (self.cov_sum - n * torch.outer(mu, mu)) / (n - 1)
-        return Statistics(mu.cpu().numpy(), sigma.cpu().numpy(), n)
+        def update(self, features: torch.Tensor) -> None:  # type: ignore[override]
+            """Add a batch of features ``(N, d)`` (any float dtype; accumulated in float64)."""
+            features = torch.as_tensor(features)
+            if features.ndim != 2 or features.shape[1] != self.num_features:
+                raise ValueError(
+                    f"features must have shape (N, {self.num_features}), got {tuple(features.shape)}; "
+                    "flatten extractor outputs with .flatten(1)"
+                )
+            f = features.to(device=self.feature_sum.device, dtype=torch.float64)
+            self.feature_sum += f.sum(dim=0)
+            self.cov_sum += f.T @ f
+            self.num_samples += f.shape[0]
+
+        def compute(self) -> Statistics:  # type: ignore[override]
+            n = int(self.num_samples)
+            if n < 2:
+                raise ValueError(f"need at least 2 samples for a covariance, got {n}")
+            mu = self.feature_sum / n
+            sigma = (self.cov_sum - n * torch.outer(mu, mu)) / (n - 1)
+            return Statistics(mu.cpu().numpy(), sigma.cpu().numpy(), n)
+
+    FeatureStatistics.__module__, FeatureStatistics.__qualname__ = __name__, "FeatureStatistics"
+    return FeatureStatistics
 
 
 def compute_statistics(features: torch.Tensor | np.ndarray) -> Statistics:
@@ -307,7 +324,8 @@ def torchmetrics_fid(extractor: torch.nn.Module, reference: Statistics | str | o
     sum-reduces states across processes, so setting them on every rank would distort Σ. ``reset()`` keeps them.
     torchmetrics returns float32; :func:`frechet_distance` is the float64 path used by the sweeps.
     """
-    from torchmetrics.image.fid import FrechetInceptionDistance
+    FrechetInceptionDistance = import_optional("torchmetrics.image.fid", "torchmetrics_fid",
+                                               "pip install torchmetrics").FrechetInceptionDistance
 
     if isinstance(reference, (str, os.PathLike)):
         reference = load_statistics(reference)

@@ -17,7 +17,7 @@ from lml_sampler._io import atomic_write
 
 __all__ = ["ROW_FIELDS", "kid_scale", "write_csv", "write_json", "fmt_pm", "markdown_table", "plot_metric_vs_nfe",
            "plot_fid_vs_nfe", "plot_fid_vs_clip", "save_image_grid", "write_grids", "write_reports",
-           "readme_markdown"]
+           "merge_rows", "read_rows", "readme_markdown"]
 
 ROW_FIELDS = ("model", "sampler", "sampler_name", "nfe", "nfe_measured", "guidance_scale", "seed", "num_samples",
               "metric", "fid", "fid_se", "floor", "kid", "kid_std", "kid_se", "kid_full", "kid_subsets",
@@ -48,6 +48,29 @@ def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
 
 def write_json(rows: list[dict], path: str | os.PathLike) -> None:
     atomic_write(Path(path), json.dumps(rows, indent=1, default=float))
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` rows with those of the same cell replaced by ``new`` ones (in place), then the new cells: a sweep
+    over some cells of an existing output folder adds to its reports instead of replacing them."""
+    fresh = {r["cell"]: r for r in new}
+    merged = [fresh.pop(r["cell"], r) for r in old]
+    return merged + [r for r in new if r["cell"] in fresh]
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of an existing ``results.json`` (none if absent)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        rows = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not a results file of lml-eval ({exc}); move it away or use another --out") \
+            from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "cell" in r for r in rows):
+        raise ValueError(f"{path} is not a results file of lml-eval (rows with a 'cell'); use another --out")
+    return rows
 
 
 def _finite(x) -> bool:
@@ -290,8 +313,10 @@ def write_grids(rows: list[dict], out: Path, count: int = 8) -> list[Path]:
 def write_reports(rows: list[dict], out: str | os.PathLike, grid_samples: int = 8,
                   metrics: tuple[str, ...] = ("fid", "kid")) -> None:
     """``results.csv``, ``results.json``, ``results.md``, ``fid_vs_nfe.png`` (and ``kid_vs_nfe.png``,
-    ``fid_vs_clip.png`` when those metrics ran) and ``grids/`` under ``out``."""
+    ``fid_vs_clip.png`` when those metrics ran) and ``grids/`` under ``out``, of ``rows`` merged into the rows
+    already in ``out/results.json`` (:func:`merge_rows`)."""
     out = Path(out)
+    rows = merge_rows(read_rows(out / "results.json"), rows)
     write_csv(rows, out / "results.csv")
     write_json(rows, out / "results.json")
     atomic_write(out / "results.md", markdown_table(rows))

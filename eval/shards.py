@@ -21,7 +21,7 @@ import torch
 from lml_sampler._io import atomic_open
 
 from .distributed import DistInfo
-from .fid import FeatureStatistics
+from . import fid
 
 __all__ = ["shard_ranges", "owned_shards", "run_shards", "shard_statistics", "load_shards"]
 
@@ -146,27 +146,27 @@ def run_shards(sample_fn: Callable[[list[int]], dict[str, np.ndarray]], out_dir:
 
 
 def shard_statistics(out_dir: str | os.PathLike, shard_ids: list[int], num_features: int | None = None,
-                     key: str = "features") -> tuple[FeatureStatistics, dict[str, float]]:
+                     key: str = "features") -> tuple[fid.FeatureStatistics, dict[str, float]]:
     """Float64 statistics of ``key`` over the given shards plus totals (``seconds``, ``count``, ``nfe``).
 
     Every process passes its own shards; ``stats.compute()`` then all-reduces across processes. The totals are
     all-reduced here too when ``torch.distributed`` is initialised.
     """
     out_dir = Path(out_dir)
-    stats: FeatureStatistics | None = None
+    stats: fid.FeatureStatistics | None = None
     totals = torch.zeros(4, dtype=torch.float64)  # seconds, feature seconds, count, max nfe
     for k in shard_ids:
         with np.load(_shard_path(out_dir, k)) as data:
             f = data[key].reshape(len(data["indices"]), -1)
             if stats is None:
-                stats = FeatureStatistics(num_features or f.shape[1])
+                stats = fid.FeatureStatistics(num_features or f.shape[1])
             stats.update(torch.from_numpy(f))
             totals += torch.tensor([float(data["seconds"]), float(data["feature_seconds"]), f.shape[0], 0.0])
             totals[3] = max(float(totals[3]), float(data["nfe"]))
     if stats is None:
         if num_features is None:
             raise ValueError("this process owns no shards: pass num_features so the statistics can be synced")
-        stats = FeatureStatistics(num_features)
+        stats = fid.FeatureStatistics(num_features)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         nfe = totals[3:].clone()
         torch.distributed.all_reduce(totals)

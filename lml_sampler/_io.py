@@ -16,7 +16,8 @@ import uuid
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-__all__ = ["atomic_open", "atomic_write", "atomic_write_json", "atomic_folder", "current_umask", "Cell", "CellStore"]
+__all__ = ["atomic_open", "atomic_write", "atomic_write_json", "atomic_folder", "current_umask", "Cell", "CellStore",
+           "check_output_folder", "check_output_file"]
 
 
 def current_umask() -> int:
@@ -156,3 +157,37 @@ class CellStore:
     def results(self, pattern: str = "**/result.json") -> list[dict]:
         """Every finished result under the store (sorted by path)."""
         return [json.loads(p.read_text()) for p in sorted(self.root.glob(pattern))]
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that is a file or cannot be created or written (``ValueError``
+    naming ``flag``); nothing is created."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file, not a folder: pass a folder (it is created if missing)")
+    base = _nearest_existing(path.absolute())
+    if not base.is_dir():
+        raise ValueError(f"{flag} {path} cannot be created: {base} is a file")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path} cannot be written: no write permission on {base}; pass another folder")
+    return path
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--out", suffix: str | None = None) -> Path:
+    """Refuse, before any work, an output file path that is a folder, has the wrong ``suffix`` or whose folder
+    cannot be created or written (``ValueError`` naming ``flag``); nothing is created."""
+    path = Path(path)
+    if suffix is not None and path.suffix != suffix:
+        raise ValueError(f"{flag} must end in {suffix}, got {str(path)!r}")
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder: pass a file name ending in {suffix or 'the file type'}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{flag} {path} cannot be overwritten: no write permission")
+    check_output_folder(path.parent, flag=f"{flag} {path}: its folder")
+    return path

@@ -366,3 +366,11 @@ def test_cli_writes_png_and_metrics(tmp_path):
     assert metrics["task"]["effective_acceleration"] > 1
     assert metrics["methods"]["dds"]["stats"]["cg_seconds"] > 0
     assert (tmp_path / "comparison.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-2, ValueError), (2.5, TypeError), (True, TypeError),
+                                        (1001, ValueError)])
+def test_set_timesteps_refuses_bad_step_counts(bad, error):
+    # the parent divides by zero at 0, builds a schedule from -2 or 2.5 steps, and takes True for 1 step
+    with pytest.raises(error, match="num_inference_steps"):
+        DDSScheduler(num_train_timesteps=1000).set_timesteps(bad)

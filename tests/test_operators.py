@@ -212,3 +212,91 @@ def test_input_checks_name_the_fix():
         OPS["ct-sparse"].A(torch.randn(1, 1, N, N, dtype=torch.complex64))
     with pytest.raises(ValueError, match="disagree"):
         MultiCoilMRI(uniform1d_mask(N, 4), simulate_coil_sensitivities(2, N + 2))
+
+
+_MASK = uniform1d_mask(N, 4).mask
+_HOLE = box_mask(N)
+_MAPS = simulate_coil_sensitivities(2, N)
+_NAN = torch.ones(N, N).index_put_((torch.tensor([0]), torch.tensor([0])), torch.tensor(float("nan")))
+
+
+@pytest.mark.parametrize("build, error, match", [
+    # k-space sampling masks: binary, finite, not all zero
+    (lambda: SingleCoilMRI(torch.zeros(N, N)), ValueError, "mask is all zero"),
+    (lambda: SingleCoilMRI(0.5 * _MASK), ValueError, "mask must hold only 0 and 1"),
+    (lambda: SingleCoilMRI(2 * _MASK), ValueError, "mask must hold only 0 and 1"),
+    (lambda: SingleCoilMRI(_NAN), ValueError, "mask must be finite"),
+    (lambda: MultiCoilMRI(torch.zeros(N, N), _MAPS), ValueError, "mask is all zero"),
+    # inpainting masks: finite, in [0, 1], not all zero
+    (lambda: Inpainting(torch.zeros(N, N), (1, N, N)), ValueError, "mask is all zero"),
+    (lambda: Inpainting(-_HOLE, (1, N, N)), ValueError, r"mask values must lie in \[0, 1\]"),
+    (lambda: Inpainting(3 * _HOLE, (1, N, N)), ValueError, r"mask values must lie in \[0, 1\]"),
+    (lambda: Inpainting(_NAN, (1, N, N)), ValueError, "mask must be finite"),
+    (lambda: Inpainting(_HOLE, (N, N)), ValueError, "image_shape must have 3 entries"),
+    # CT construction
+    (lambda: ParallelBeamCT(N, [0.0, float("nan")]), ValueError, "angles .* must be finite"),
+    (lambda: ParallelBeamCT(N, [0.0, float("inf")]), ValueError, "angles .* must be finite"),
+    (lambda: ParallelBeamCT(N, []), ValueError, "angles .* is empty"),
+    (lambda: ParallelBeamCT(N, [0.0], n_detectors=0), ValueError, "n_detectors must be >= 1"),
+    (lambda: ParallelBeamCT(N, [0.0], n_detectors=2.5), TypeError, "n_detectors must be an int"),
+    (lambda: ParallelBeamCT(N, [0.0], dt=0.0), ValueError, "dt .* must be > 0"),
+    (lambda: ParallelBeamCT(N, [0.0], dt=-0.5), ValueError, "dt .* must be > 0"),
+    (lambda: ParallelBeamCT(N, [0.0], dt=float("nan")), ValueError, "dt .* must be finite"),
+    # blur kernels
+    (lambda: Blur(torch.zeros(3, 3), (1, N, N)), ValueError, "kernel sums to 0"),
+    (lambda: Blur(-gaussian_kernel(3, 1.0), (1, N, N)), ValueError, "kernel must be non-negative"),
+    (lambda: Blur(torch.full((3, 3), float("nan")), (1, N, N)), ValueError, "kernel must be finite"),
+    (lambda: Blur(gaussian_kernel(3, 1.0), "1x16x16"), TypeError, "image_shape must be a tuple"),
+    # coil sensitivities
+    (lambda: MultiCoilMRI(_MASK, torch.zeros(2, N, N, dtype=torch.complex64)), ValueError, "sensitivities is all zero"),
+    (lambda: MultiCoilMRI(_MASK, _MAPS * float("nan")), ValueError, "sensitivities must be finite"),
+    (lambda: MultiCoilMRI(_MASK, 3 * _MAPS), ValueError, "root-sum-of-squares"),
+])
+def test_constructors_refuse_what_they_cannot_be_built_from(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+def test_blur_normalises_its_kernel_to_sum_one():
+    k = 5 * gaussian_kernel(5, 1.0)
+    op = Blur(k, (1, N, N))
+    assert float(op.kernel.sum()) == pytest.approx(1.0, abs=1e-12)  # float64 normalisation: round-off only
+    x = torch.randn(2, 1, N, N, dtype=torch.float64)
+    assert torch.allclose(op.A(x), Blur(gaussian_kernel(5, 1.0), (1, N, N)).A(x), atol=1e-12)
+
+
+def test_soft_inpainting_masks_are_weights_and_noise_goes_where_they_are_positive():
+    m = _HOLE.clone()
+    m[0, 0] = 0.25
+    op = Inpainting(m, (1, N, N))
+    x = torch.ones(1, 1, N, N)
+    assert float(op.A(x)[0, 0, 0, 0]) == 0.25
+    assert torch.equal(op.measurement_support(), (m > 0).float().expand(1, N, N))
+
+
+def _norm_cases():
+    g = torch.Generator().manual_seed(3)
+    raw = torch.randn(3, N, N, dtype=torch.complex64, generator=g)
+    unit = raw / raw.abs().pow(2).sum(0, keepdim=True).sqrt()
+    half = torch.full((N, N), 0.5)
+    return {
+        # operators the constructors accept, built from awkward but valid input: ‖A‖ is 1 ...
+        "blur-unnormalised-kernel": (Blur(torch.rand(5, 5, generator=g) * 7, (1, N, N)), 1.0),
+        "mri-single-one-point": (SingleCoilMRI(torch.zeros(N, N).index_put_((torch.tensor([3]),) * 2,
+                                                                            torch.tensor(1.0))), 1.0),
+        "mri-multi-random-unit-maps": (MultiCoilMRI(torch.ones(N, N), unit), 1.0),
+        "inpaint-one-pixel": (Inpainting(torch.zeros(N, N).index_put_((torch.tensor([5]),) * 2, torch.tensor(1.0)),
+                                         (1, N, N)), 1.0),
+        "ct-one-view": (ParallelBeamCT(N, [33.0], n_detectors=3, dt=0.9), 1.0),
+        # ... or at most 1, with the value stated by the constructor's contract
+        "inpaint-soft": (Inpainting(half, (1, N, N)), 0.5),
+        "mri-multi-half-maps": (MultiCoilMRI(torch.ones(N, N), 0.5 * unit), 0.5),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_norm_cases()))
+def test_the_norm_dds_gamma_relies_on_holds_for_accepted_operators(name):
+    op, expected = _norm_cases()[name]
+    # power iteration converges from below; 300 float64 iterations reach these small operators' top eigenvalue to
+    # 1e-6, and a wrong scale (an unnormalised kernel of sum 7, maps of RSS 3) is off by O(1)
+    assert op.norm(n_iter=300) == pytest.approx(expected, rel=1e-4)

@@ -50,6 +50,11 @@ def complex_to_real(z: torch.Tensor) -> torch.Tensor:
     return pairs.reshape(z.shape[0], 2 * z.shape[1], *z.shape[2:])
 
 
+#: Precisions operators compute in: FFTs and sparse products have no half-precision CPU kernels, and data
+#: consistency needs more than half precision anyway (DDS upcasts a half-precision model's x̂0 before it).
+_OPERATOR_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+
 class LinearOperator:
     """Base class of a batched linear operator ``A: in_shape -> out_shape``.
 
@@ -96,6 +101,9 @@ class LinearOperator:
             )
         if kind == "real" and t.is_complex():
             raise TypeError(f"{self.name}.{method}: {arg} must be real, got {t.dtype}")
+        if t.dtype not in _OPERATOR_DTYPES:
+            raise TypeError(f"{self.name}.{method}: {arg} must be float32/float64 (complex64/complex128 for complex "
+                            f"data), got {t.dtype}; cast it, e.g. {arg}.float()")
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         """Forward operator ``y = A x`` on a batch ``(B, *in_shape)``."""

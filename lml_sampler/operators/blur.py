@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ..validation import check_int, check_kernel, check_mask, check_shape
 from .base import LinearOperator
 
 __all__ = ["Blur", "gaussian_kernel", "motion_kernel", "Inpainting", "box_mask", "random_mask"]
@@ -44,15 +45,16 @@ def motion_kernel(size: int = 9, length: float = 7.0, angle: float = 30.0, sampl
 class Blur(LinearOperator):
     """Circular convolution ``y = k ⊛ x`` on real images ``(B, C, H, W)`` via the real FFT.
 
-    The adjoint is correlation, ``irfft2(rfft2(y) · conj(K))``; a normalised non-negative kernel gives
-    ``‖A‖ = max|K| = 1``.
+    The adjoint is correlation, ``irfft2(rfft2(y) · conj(K))``. ``kernel`` must be finite and non-negative with a
+    positive sum, and is normalised to sum 1 (``self.kernel`` is the normalised one): a point-spread function keeps
+    the image's mean, and then ``‖A‖ = max|K| = K(0) = 1``.
     """
 
     def __init__(self, kernel: torch.Tensor, image_shape: tuple[int, int, int]):
-        k = torch.as_tensor(kernel, dtype=torch.float64)
+        k = check_kernel(kernel)
         if k.ndim != 2:
             raise ValueError(f"kernel must be 2D (kh, kw), got shape {tuple(k.shape)}")
-        C, H, W = image_shape
+        C, H, W = check_shape(image_shape, "image_shape", 3)
         if k.shape[0] > H or k.shape[1] > W:
             raise ValueError(f"kernel {tuple(k.shape)} larger than the image {H}x{W}")
         super().__init__((C, H, W), (C, H, W))
@@ -81,6 +83,7 @@ def box_mask(size: int, box_fraction: float = 0.35) -> torch.Tensor:
     """``(size, size)`` float mask, 1 = observed, with a centred square hole of side ``box_fraction * size``."""
     if not 0 < box_fraction < 1:
         raise ValueError(f"box_fraction must be in (0, 1), got {box_fraction!r}")
+    size = check_int(size, "size", minimum=1)
     m = torch.ones(size, size)
     b = max(int(round(box_fraction * size)), 1)
     s = (size - b) // 2
@@ -92,6 +95,7 @@ def random_mask(size: int, missing_fraction: float = 0.7, generator=None) -> tor
     """``(size, size)`` float mask with ``missing_fraction`` of the pixels (exactly, rounded) unobserved."""
     if not 0 <= missing_fraction < 1:
         raise ValueError(f"missing_fraction must be in [0, 1), got {missing_fraction!r}")
+    size = check_int(size, "size", minimum=1)
     n = size * size
     m = torch.ones(n)
     m[torch.randperm(n, generator=generator)[: int(round(missing_fraction * n))]] = 0
@@ -99,18 +103,23 @@ def random_mask(size: int, missing_fraction: float = 0.7, generator=None) -> tor
 
 
 class Inpainting(LinearOperator):
-    """Pixel mask ``y = m ⊙ x`` on real images ``(B, C, H, W)``; self-adjoint, ``AᴴA = m`` (a projection)."""
+    """Pixel mask ``y = m ⊙ x`` on real images ``(B, C, H, W)``; self-adjoint, ``AᴴA = m²``.
+
+    ``mask``: 1 = observed, 0 = missing, not all zero. A binary mask makes ``AᴴA`` a projection and ``‖A‖ = 1``.
+    Soft values in [0, 1] are accepted as per-pixel transmission (e.g. a feathered hole edge): the pixel is seen
+    attenuated by ``m``, ``‖A‖ = max m <= 1``, and noise goes wherever ``m > 0`` (:meth:`measurement_support`).
+    """
 
     def __init__(self, mask: torch.Tensor, image_shape: tuple[int, int, int]):
-        m = torch.as_tensor(mask, dtype=torch.float32)
-        C, H, W = image_shape
+        m = check_mask(mask, soft=True)
+        C, H, W = check_shape(image_shape, "image_shape", 3)
         if tuple(m.shape) not in ((H, W), (C, H, W)):
             raise ValueError(f"mask must be (H, W) or (C, H, W) matching image {image_shape}, got {tuple(m.shape)}")
         super().__init__((C, H, W), (C, H, W))
         self.mask = m.expand(C, H, W).clone()
 
     def measurement_support(self):
-        return self.mask
+        return (self.mask > 0).to(self.mask.dtype)
 
     def _forward(self, x):
         return self.mask.to(x.dtype).to(x.device) * x

@@ -15,6 +15,7 @@ import warnings
 
 import torch
 
+from ..validation import check_float, check_int, check_tensor
 from .base import LinearOperator
 
 __all__ = ["ParallelBeamCT", "sparse_view_angles", "limited_angle_angles", "ramp_filter"]
@@ -97,10 +98,10 @@ class ParallelBeamCT(LinearOperator):
     def __init__(self, size: int, angles, n_detectors: int | None = None, dt: float = 0.5, normalize: bool = True):
         if not isinstance(size, int) or size < 2:
             raise ValueError(f"size must be an int >= 2, got {size!r}")
-        angles = torch.as_tensor(angles, dtype=torch.float64).flatten()
-        if angles.numel() < 1:
-            raise ValueError("angles must contain at least one angle (degrees)")
-        n_det = int(math.ceil(math.sqrt(2) * size)) if n_detectors is None else int(n_detectors)
+        angles = check_tensor(angles, "angles (degrees)").to(torch.float64).flatten()
+        n_det = int(math.ceil(math.sqrt(2) * size)) if n_detectors is None else check_int(n_detectors, "n_detectors",
+                                                                                             minimum=1)
+        dt = check_float(dt, "dt (ray sampling step, pixels)", positive=True)
         super().__init__((1, size, size), (1, angles.numel(), n_det))
         self.size, self.angles, self.n_det, self.dt = size, angles, n_det, float(dt)
         R = _radon_matrix(size, angles, n_det, dt)

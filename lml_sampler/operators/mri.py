@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..validation import check_coil_sensitivities, check_mask
 from .base import LinearOperator
 
 __all__ = [
@@ -223,12 +224,10 @@ def simulate_coil_sensitivities(n_coils: int, size, generator=None, width: float
 
 
 def _as_mask(mask) -> torch.Tensor:
-    m = mask.mask if isinstance(mask, SamplingMask) else torch.as_tensor(mask)
+    m = check_mask(mask.mask if isinstance(mask, SamplingMask) else mask)
     if m.ndim != 2:
         raise ValueError(f"mask must be (H, W), got shape {tuple(m.shape)}")
-    if m.is_complex():
-        raise TypeError("mask must be real (0/1)")
-    return m.to(torch.float32)
+    return m
 
 
 class _MaskCache:
@@ -253,6 +252,9 @@ class _MaskCache:
 
 class SingleCoilMRI(LinearOperator):
     """``A x = M ⊙ F x`` on complex images ``(B, 1, H, W)``; measurements ``(B, 1, H, W)`` zero off the mask.
+
+    ``mask``: a :class:`SamplingMask` or an ``(H, W)`` array of 0/1 (1 = sampled), not all zero; k-space locations
+    are sampled or not, so fractional values are refused.
 
     ``Aᴴ y = F⁻¹(M ⊙ y)``; with the orthonormal FFT, ``AᴴA`` is an orthogonal projection (``‖A‖ = 1``).
     """
@@ -285,8 +287,8 @@ class SingleCoilMRI(LinearOperator):
 class MultiCoilMRI(LinearOperator):
     """SENSE model ``(A x)_c = M ⊙ F(S_c x)`` on complex images ``(B, 1, H, W)`` -> ``(B, C, H, W)``.
 
-    ``Aᴴ k = Σ_c conj(S_c) ⊙ F⁻¹(M ⊙ k_c)``. With ``Σ|S_c|² = 1`` (:func:`simulate_coil_sensitivities`),
-    ``‖A‖ <= 1``.
+    ``Aᴴ k = Σ_c conj(S_c) ⊙ F⁻¹(M ⊙ k_c)``. ``sensitivities`` must be finite, not all zero and satisfy
+    ``Σ_c |S_c|² <= 1`` at every pixel (:func:`simulate_coil_sensitivities` gives ``= 1``), so ``‖A‖ <= 1``.
     """
 
     dtype = "complex"
@@ -299,6 +301,7 @@ class MultiCoilMRI(LinearOperator):
             raise TypeError(f"sensitivities must be a complex (C, H, W) tensor, got {S.dtype} {tuple(S.shape)}")
         if tuple(S.shape[1:]) != tuple(m.shape):
             raise ValueError(f"sensitivities {tuple(S.shape)} and mask {tuple(m.shape)} disagree on (H, W)")
+        check_coil_sensitivities(S)
         H, W = m.shape
         super().__init__((1, H, W), (S.shape[0], H, W))
         self.mask, self.sensitivities = m, S

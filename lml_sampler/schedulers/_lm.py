@@ -134,6 +134,8 @@ class LMSettings:
                     f"SchedulerClass.from_config(scheduler.config, {key}={shown!r})"
                 )
             values[key] = saved
+        if values["lm_formula"] not in LM_FORMULAS:
+            raise ValueError(f"lm_formula must be one of {LM_FORMULAS}, got {values['lm_formula']!r}")
         check_lm_params(values["lamb"], values["kappa"], values["lm_formula"])
         check_int(values["lm_rank"], "lm_rank", minimum=1)
         check_fraction(values["freeze"], "freeze")

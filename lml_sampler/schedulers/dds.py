@@ -39,6 +39,8 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
 from lml_sampler.math.cg import conjugate_gradient
 from lml_sampler.schedulers._ddim import ddim_alphas
+from lml_sampler.schedulers._lm import requested_steps, same_signature_as
+from lml_sampler.validation import check_num_inference_steps
 from lml_sampler.operators.base import LinearOperator, from_operator_domain, to_operator_domain
 
 __all__ = ["DDSScheduler", "DDSSchedulerOutput", "ddnm_to_ddim_eta"]
@@ -163,7 +165,10 @@ class DDSScheduler(DDIMScheduler):
         self.cg_seconds = 0.0
         self.num_steps_taken = 0
 
+    @same_signature_as(DDIMScheduler.set_timesteps)
     def set_timesteps(self, *args, **kwargs):
+        check_num_inference_steps(requested_steps(DDIMScheduler.set_timesteps, self, args, kwargs),
+                                  self.config.num_train_timesteps)
         out = super().set_timesteps(*args, **kwargs)
         self._reset_run_state()
         return out
@@ -187,7 +192,8 @@ class DDSScheduler(DDIMScheduler):
         """The DC step on a model-space ``x̂0`` ``(B, C, H, W)``: returns ``(x̂0', cg_iterations (B,))``."""
         if self._operator is None:
             raise RuntimeError("DDSScheduler: call set_measurement(operator, y, ...) before step()")
-        z = self._to_operator_domain(x0)
+        # a half-precision model: CG in float32 (operators have no half kernels), the result cast back
+        z = self._to_operator_domain(x0.float() if x0.dtype in (torch.float16, torch.bfloat16) else x0)
         if self.cg_iters == 0:
             return x0, torch.zeros(x0.shape[0], dtype=torch.int64, device=x0.device)
         op, gamma = self._operator, self.gamma
