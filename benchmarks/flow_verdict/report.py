@@ -205,7 +205,7 @@ def markdown(store: CellStore, nfes, quick: bool, plot_link: str) -> str:
         if table:
             lines += table + ["", f"Verdict ({name}): {_verdict(r)}.", ""]
             headline[name] = r
-    lines += _precision_table(store, nfes) + [""]
+    lines += _precision_table(store, nfes) + [""] + recommended_table(store, nfes) + [""]
     cfg_out = {}
     for kind in ("flow", "vp"):
         table, r = _cfg_table(store, kind)
@@ -250,3 +250,58 @@ def plot(store: CellStore, path: Path, nfes, quick: bool) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+RECOMMEND_PARENTS = {"flow-euler": "FlowMatchEulerDiscreteScheduler → LMLFlowMatchEulerDiscreteScheduler",
+                     "flow-dpm++2m": "DPMSolverMultistepScheduler (flow sigmas) → LMLDPMSolverMultistepScheduler"}
+
+
+def recommended(store: CellStore, nfes) -> list[tuple[str, int, FlowSpec | None, float]]:
+    """Per parent scheduler and NFE: the one LML setting (γ, rank, shift; the grid both models ran) whose worst
+    ratio to the parent at its best shift, over both exact-score flow models on seed set 0, is smallest; None when
+    that worst ratio is not below 1 − TIE ("leave LML off")."""
+    out = []
+    for parent in RECOMMEND_PARENTS:
+        candidates = [s for s in all_specs("reduced") if s.kind == "lml" and s.sampler.startswith(f"lml-{parent}")]
+        for nfe in nfes:
+            worst: dict[str, float] = {}
+            complete = True
+            for name in BENCHMARKS:
+                parent_vals = [c["value"] for sid in (parent, f"{parent}-shift3")
+                               if (c := stored(store, cell_key(name, sid, nfe, TUNE_SEED))) is not None]
+                if not parent_vals:
+                    complete = False
+                    break
+                for s in candidates:
+                    c = stored(store, cell_key(name, s.id, nfe, TUNE_SEED))
+                    if c is None:  # a column still running: no recommendation from part of the grid
+                        complete = False
+                        break
+                    worst[s.id] = max(worst.get(s.id, 0.0), c["value"] / min(parent_vals))
+            if not complete or not worst:
+                continue
+            sid = min(worst, key=worst.get)
+            spec = next(s for s in candidates if s.id == sid)
+            out.append((parent, nfe, spec if worst[sid] < 1 - TIE else None, worst[sid]))
+    return out
+
+
+def recommended_table(store: CellStore, nfes) -> list[str]:
+    rows = recommended(store, nfes)
+    if not rows:
+        return []
+    lines = ["**Recommended flow settings** (the one setting that helped the parent at its best shift on *both* "
+             "exact-score flow models, selected on seed set 0; "worst ratio" is its larger LML / parent ratio of the two; there is "
+             "no trained flow model in the repository, so the \"did not hurt a trained model\" check of the VP table "
+             "is not available here):", "", "| parent → LML scheduler | NFE | setting | worst ratio |",
+             "|---|---|---|---|"]
+    for parent, nfe, spec, r in rows:
+        if spec is None:
+            setting = "leave LML off"
+        else:
+            c = spec.config
+            shift = ", shift=3.0" if "shift3" in spec.sampler else ""
+            setting = (f"`kappa=1e-3, lm_gamma={c['lm_gamma']:g}" + (f", lm_rank={c['lm_rank']}" if c["lm_rank"] > 1
+                                                                      else "") + f"{shift}`")
+        lines.append(f"| {RECOMMEND_PARENTS[parent]} | {nfe} | {setting} | {r:.2f} |")
+    return lines
