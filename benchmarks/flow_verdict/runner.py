@@ -104,18 +104,25 @@ def ensure_cell(store: CellStore, bench: FlowBenchmark, spec: FlowSpec, nfe: int
     return _ensure(store, cell_key(bench.name, spec.id, nfe, seed), manifest, compute)
 
 
-def select(store: CellStore, bench: str, specs: list[FlowSpec], nfes) -> dict[tuple[str, int], FlowSpec]:
-    """Best spec per (family, NFE) on seed set ``TUNE_SEED`` (smallest value; ties: first in the grid)."""
+def _select(store: CellStore, key: Callable[[str, int, int], str], specs: list[FlowSpec],
+            nfes) -> dict[tuple[str, int], FlowSpec]:
+    """Best spec per (family, NFE) on seed set ``TUNE_SEED`` (smallest value; ties: first in the grid); ``key(spec
+    id, NFE, seed)`` names a cell."""
     best: dict[tuple[str, int], tuple[float, FlowSpec]] = {}
     for spec in specs:
         for nfe in nfes:
-            cell = stored(store, cell_key(bench, spec.id, nfe, TUNE_SEED))
+            cell = stored(store, key(spec.id, nfe, TUNE_SEED))
             if cell is None:
                 continue
             v = cell["value"] if math.isfinite(cell["value"]) else float("inf")
             if (spec.family, nfe) not in best or v < best[(spec.family, nfe)][0]:
                 best[(spec.family, nfe)] = (v, spec)
     return {k: s for k, (_, s) in best.items()}
+
+
+def select(store: CellStore, bench: str, specs: list[FlowSpec], nfes) -> dict[tuple[str, int], FlowSpec]:
+    """The tuned choice per (family, NFE) on an unguided benchmark."""
+    return _select(store, lambda sid, nfe, seed: cell_key(bench, sid, nfe, seed), specs, nfes)
 
 
 def all_specs(level: str) -> list[FlowSpec]:
@@ -230,16 +237,8 @@ def ensure_cfg_floor(store: CellStore, kind: str, scale: float, seed: int, n: in
 
 
 def select_cfg(store: CellStore, kind: str, scale: float, specs: list[FlowSpec], nfes):
-    best: dict[tuple[str, int], tuple[float, FlowSpec]] = {}
-    for spec in specs:
-        for nfe in nfes:
-            cell = stored(store, cfg_key(kind, scale, spec.id, nfe, TUNE_SEED))
-            if cell is None:
-                continue
-            v = cell["value"] if math.isfinite(cell["value"]) else float("inf")
-            if (spec.family, nfe) not in best or v < best[(spec.family, nfe)][0]:
-                best[(spec.family, nfe)] = (v, spec)
-    return {k: s for k, (_, s) in best.items()}
+    """The tuned choice per (family, NFE) at guidance scale ``scale``."""
+    return _select(store, lambda sid, nfe, seed: cfg_key(kind, scale, sid, nfe, seed), specs, nfes)
 
 
 def run_cfg(store: CellStore, scales, nfes, seeds, n: int, level: str) -> None:
