@@ -166,7 +166,7 @@ def _cfg_table(store, kind: str) -> tuple[list[str], dict[tuple[float, int], flo
              f"({CFG_REFERENCE[kind][0]}, {CFG_REFERENCE[kind][1]} steps) from the same noise.", "",
              "| w | floor | " + " | ".join(f"stock NFE {k} | LML NFE {k} | ratio (γ@w=1)" for k in nfes) + " |",
              "|---" * (2 + 3 * len(nfes)) + "|"]
-    out = {}
+    out, moved_out = {}, {}
     for w in scales:
         own = cfg_results(store, kind, w, nfes)
         moved = cfg_results(store, kind, w, nfes, transfer_from=GUIDANCE_SCALES[0])
@@ -175,10 +175,17 @@ def _cfg_table(store, kind: str) -> tuple[list[str], dict[tuple[float, int], flo
             s, lm, tr = _best(own, stock_fams, k), _best(own, lml_fams, k), _best(moved, lml_fams, k)
             r = lm.mean / s.mean if s and lm else float("nan")
             rt = tr.mean / s.mean if s and tr else float("nan")
-            out[(w, k)] = r
+            out[(w, k)], moved_out[(w, k)] = r, rt
             stock_name = s.spec.id if s else ""
             cols.append(f"{_fmt(s, False)} ({stock_name}) | {_fmt(lm)} | {r:.2f} ({rt:.2f})")
         lines.append(f"| {w:g} | {_floor(store, f'cfg-{kind}/w{w:g}'):.1e} | " + " | ".join(cols) + " |")
+    verdict = []
+    for k in nfes:
+        ws = [w for w in scales if math.isfinite(out.get((w, k), float("nan")))]
+        if ws:
+            verdict.append(f"NFE {k}: " + ", ".join(f"w={w:g} {_word(out[(w, k)])}" for w in ws)
+                           + "; γ tuned at w=1 gives " + ", ".join(f"{moved_out[(w, k)]:.2f}" for w in ws))
+    lines += ["", f"Verdict (guidance, {kind}): " + ("; ".join(verdict) if verdict else "no finished column") + "."]
     return lines, out
 
 
@@ -291,7 +298,7 @@ def recommended_table(store: CellStore, nfes) -> list[str]:
     if not rows:
         return []
     lines = ["**Recommended flow settings** (the one setting that helped the parent at its best shift on *both* "
-             "exact-score flow models, selected on seed set 0; "worst ratio" is its larger LML / parent ratio of the two; there is "
+             "exact-score flow models, selected on seed set 0; the worst ratio is its larger LML / parent ratio of the two; there is "
              "no trained flow model in the repository, so the \"did not hurt a trained model\" check of the VP table "
              "is not available here):", "", "| parent → LML scheduler | NFE | setting | worst ratio |",
              "|---|---|---|---|"]
