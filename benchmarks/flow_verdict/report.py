@@ -131,9 +131,11 @@ def _benchmark_table(store, name: str, nfes) -> tuple[list[str], dict[int, float
             label = STOCK_LABELS.get(fam) or FAMILY_LABELS[fam]
             lines.append(f"| {label} | " + " | ".join(_fmt(entries[fam].get(k)) for k in nfes) + " |")
     r = ratios(entries, nfes)
+    floor = _floor(store, name)
+    floored = {k for k in r if (e := _best(entries, STOCK_FAMILIES, k)) is not None and e.mean < 1.5 * floor}
     lines.append("| **best LML / best stock** | " + " | ".join(f"**{r[k]:.2f}**" if k in r else "—" for k in nfes)
                  + " |")
-    return lines, r
+    return lines + ["", f"Verdict ({name}): {_verdict(r, floored)}."], r
 
 
 def _precision_table(store, nfes) -> list[str]:
@@ -189,13 +191,14 @@ def _cfg_table(store, kind: str) -> tuple[list[str], dict[tuple[float, int], flo
     return lines, out
 
 
-def _verdict(r: dict[int, float]) -> str:
+def _verdict(r: dict[int, float], floored: set[int] = frozenset()) -> str:
     bands = {"NFE ≤ 6": [k for k in r if k <= 6], "NFE 8–12": [k for k in r if 8 <= k <= 12],
              "NFE ≥ 20": [k for k in r if k >= 20]}
     parts = []
     for band, ks in bands.items():
         if ks:
-            parts.append(f"{band}: " + ", ".join(_word(r[k]) for k in sorted(ks)))
+            parts.append(f"{band}: " + ", ".join(_word(r[k]) + (" at the estimator floor" if k in floored else "")
+                                                 for k in sorted(ks)))
     return "; ".join(parts)
 
 
@@ -210,7 +213,7 @@ def markdown(store: CellStore, nfes, quick: bool, plot_link: str) -> str:
     for name in BENCHMARKS:
         table, r = _benchmark_table(store, name, nfes)
         if table:
-            lines += table + ["", f"Verdict ({name}): {_verdict(r)}.", ""]
+            lines += table + [""]
             headline[name] = r
     lines += _precision_table(store, nfes) + [""] + recommended_table(store, nfes) + [""]
     cfg_out = {}
