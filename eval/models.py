@@ -5,6 +5,7 @@
 | ``digits`` | bundled ``DDPMPipeline`` (1×16×16) | domain FID, ``digits-features`` extractor | held-out real digits ``digits_dataset(16, "test")`` | the same 359 test digits |
 | ``gmm`` | ``GMMDenoiser``: 10 diagonal Gaussians fitted to the digit classes (train split, 16×16) | exact-moment Fréchet distance in pixel space (sample estimate; floor reported) | closed-form mixture mean/covariance | N exact samples (fixed seed) |
 | ``gaussian`` | ``GaussianDenoiser.stationary()`` (docs/exact-score-benchmark.md §1) | exact Fréchet distance: transfer matrix for linear samplers, samples otherwise | N(0, Σ) | N exact samples (fixed seed) |
+| ``gaussian-flow``, ``gmm-flow`` | the same two models with the flow-matching velocity output (docs/flow-matching.md §1), sampled by the ``flow-*`` samplers | as ``gaussian`` / ``gmm`` | as ``gaussian`` / ``gmm`` | as ``gaussian`` / ``gmm`` |
 | folder / Hub id | any diffusers pipeline (``--prompts`` for text-to-image) | Inception FID (or ``--extractor``) | ``--ref-stats`` ``.npz`` | its ``.features.npz`` |
 
 Named models live in :data:`MODEL_SPECS`; a new one is a function ``(name, ModelOptions) -> EvalModel`` decorated
@@ -183,29 +184,38 @@ def _analytic_model(spec: str, den, truth: Statistics, desc: str, linear: bool, 
     def floor(n: int) -> float:
         return frechet_distance(compute_statistics(floor_features(n)), truth)
 
-    sched = {"_class_name": "DDPMScheduler", "clip_sample": False,
-             **{k: den.config[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
-                                           "trained_betas", "prediction_type")}}
+    if den.config.prediction_type == "flow":  # the velocity model samples with FlowMatchEulerDiscreteScheduler's config
+        sched = {"_class_name": "FlowMatchEulerDiscreteScheduler",
+                 "num_train_timesteps": den.config.num_train_timesteps, "shift": 1.0}
+    else:
+        sched = {"_class_name": "DDPMScheduler", "clip_sample": False,
+                 **{k: den.config[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                                               "trained_betas", "prediction_type")}}
     return EvalModel(spec, "analytic", "exact-fd", sched, denoiser=den, reference=lambda: truth,
                      reference_desc=desc, reference_features=reference_features, floor=floor,
                      floor_features=floor_features, linear=linear, is_flow=den.config.prediction_type == "flow")
 
 
 @register_model("gmm", takes_extractor=False, description="10-class diagonal GMM fitted to 16×16 digits")
+@register_model("gmm-flow", takes_extractor=False,
+                description="the gmm model in the rectified-flow parametrisation (velocity output)")
 def _gmm_model(spec: str, opts: ModelOptions) -> EvalModel:
     from .exact import mixture_moments
 
-    den = digits_gmm()
+    den = digits_gmm(prediction_type="flow") if spec.endswith("-flow") else digits_gmm()
     w, m, v = den.weights.double(), den.means.double(), den.variances.double()
     truth = mixture_moments(w.numpy(), m.reshape(len(w), -1).numpy(), v.numpy())
     return _analytic_model(spec, den, truth, "closed-form moments of the 10-class digits GMM", False, opts)
 
 
 @register_model("gaussian", takes_extractor=False, description="stationary Gaussian (linear-Gaussian, exact)")
+@register_model("gaussian-flow", takes_extractor=False,
+                description="the gaussian model in the rectified-flow parametrisation (velocity output)")
 def _gaussian_model(spec: str, opts: ModelOptions) -> EvalModel:
     from lml_sampler.models.analytic import GaussianDenoiser
 
-    den = GaussianDenoiser.stationary(dtype=torch.float64)
+    prediction = "flow" if spec.endswith("-flow") else "epsilon"
+    den = GaussianDenoiser.stationary(dtype=torch.float64, prediction_type=prediction)
     truth = Statistics(den.mean.double().reshape(-1).numpy(), den.covariance().numpy(), None)
     return _analytic_model(spec, den, truth, "N(0, Σ), stationary 1/|f|² spectrum, trace 64", True, opts)
 

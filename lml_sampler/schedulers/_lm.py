@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from ._family import check_same_family
 from ..math.lm import LM_FORMULAS, check_lm_params, lm_correct
 from ..math.lowrank import gamma_to_lamb, lm_direction
 from ..math.reductions import per_sample
@@ -157,6 +158,15 @@ class LMStateMixin:
     whether a step is corrected. The settings are re-read at every ``set_timesteps``."""
 
     _lm_history: list[torch.Tensor] = []
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """The parent's ``from_config``, refusing a config of the other model family (flow matching vs VP), which
+        would otherwise sample garbage silently (``lml_sampler.schedulers._family``)."""
+        if config is not None:
+            source = config.config if hasattr(config, "config") and not isinstance(config, dict) else config
+            check_same_family(cls, dict(source), kwargs)
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def _init_lm(self) -> None:
         self._lm = LMSettings.from_config(self.config)

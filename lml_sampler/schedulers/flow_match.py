@@ -25,6 +25,14 @@ class LMLFlowMatchEulerDiscreteScheduler(LMStateMixin, FlowMatchEulerDiscreteSch
     computed in float64 and handed over in float32 (or float64), the precision the parent upcasts to; the result is
     cast back to the model's dtype as the parent does. `per_token_timesteps` work unchanged.
 
+    Flow-matching models only (velocity output, x_t = (1 − t)·x0 + t·z; docs/flow-matching.md §1). `from_config`
+    refuses the config of a VP (ε / v / x0) model's scheduler; a scheduler built directly and assigned to a VP
+    pipeline cannot be checked (the pipeline never says what its model predicts) and samples garbage.
+
+    Settings: the default κ = 0 is the parent exactly. On the exact-score flow models `kappa=1e-3` with
+    `lm_gamma` ≈ 0.5–1 helped Euler at low NFE (the README's "Does LML help flow-matching models?" table, per
+    NFE, says where and by how much, and where to leave LML off).
+
     Args:
         All of [`FlowMatchEulerDiscreteScheduler`]'s, plus:
 """ + LM_CONFIG_DOC

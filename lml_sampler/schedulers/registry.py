@@ -10,7 +10,10 @@ A sampler name is ``[lml-]<solver>[-<discretisation>][@key=value[:key=value...]]
 | ``unipc`` | ``UniPCMultistepScheduler`` | — |
 | ``deis`` | ``DEISMultistepScheduler`` | — |
 | ``euler`` | ``EulerDiscreteScheduler`` | — |
-| ``flow-euler`` | ``FlowMatchEulerDiscreteScheduler`` | — (flow-matching models only) |
+| ``flow-euler`` | ``FlowMatchEulerDiscreteScheduler`` | — (flow-matching models only, as every ``flow-*``) |
+| ``flow-heun`` | ``FlowMatchHeunDiscreteScheduler`` | — (2 model calls per step but the last: N steps cost 2N − 1 NFE) |
+| ``flow-dpm++2m`` | ``DPMSolverMultistepScheduler`` | ``use_flow_sigmas=True``, ``prediction_type="flow_prediction"``, ``dpmsolver++``, order 2 |
+| ``flow-unipc`` | ``UniPCMultistepScheduler`` | ``use_flow_sigmas=True``, ``prediction_type="flow_prediction"`` |
 
 | discretisation | overrides | meaning |
 |---|---|---|
@@ -20,6 +23,7 @@ A sampler name is ``[lml-]<solver>[-<discretisation>][@key=value[:key=value...]]
 | ``exp`` | ``use_exponential_sigmas=True`` | log σ uniform |
 | ``beta`` | ``use_beta_sigmas=True`` | Beta(0.6, 0.6) quantiles of the σ range |
 | ``lu`` | ``use_lu_lambdas=True`` | log-SNR λ uniform (Lu et al. 2022) |
+| ``shift3`` | ``shift=3.0`` (``flow_shift=3.0`` for the multistep flow solvers) | the SD3 time shift σ ↦ 3σ/(1 + 2σ) |
 
 ``lml-`` uses the LML subclass of the solver's class (DDIM, DPM-Solver(++) and flow-matching Euler have one); the
 settings after ``@`` are config keys of the class, e.g. ``lml-dpm++2m-karras@kappa=1e-3:lm_gamma=0.3``. A
@@ -33,10 +37,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._family import check_same_family
 from ._lm import LM_CONFIG_DEFAULTS
 
 __all__ = ["SOLVERS", "DISCRETISATIONS", "SamplerSpec", "parse_sampler", "make_scheduler", "sampler_names",
            "LM_KEYS"]
+
+#: The flow-matching configuration of diffusers' multistep solvers (σ_t = t, velocity output).
+_FLOW_MULTISTEP: dict[str, Any] = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
 
 #: solver -> (diffusers class name, overrides, LML subclass name or None, flow-matching?)
 SOLVERS: dict[str, tuple[str, dict[str, Any], str | None, bool]] = {
@@ -52,6 +60,10 @@ SOLVERS: dict[str, tuple[str, dict[str, Any], str | None, bool]] = {
     "deis": ("DEISMultistepScheduler", {}, None, False),
     "euler": ("EulerDiscreteScheduler", {}, None, False),
     "flow-euler": ("FlowMatchEulerDiscreteScheduler", {}, "LMLFlowMatchEulerDiscreteScheduler", True),
+    "flow-heun": ("FlowMatchHeunDiscreteScheduler", {}, None, True),
+    "flow-dpm++2m": ("DPMSolverMultistepScheduler", {**_FLOW_MULTISTEP, "algorithm_type": "dpmsolver++",
+                                                     "solver_order": 2}, "LMLDPMSolverMultistepScheduler", True),
+    "flow-unipc": ("UniPCMultistepScheduler", dict(_FLOW_MULTISTEP), None, True),
 }
 
 #: discretisation suffix -> config overrides
@@ -63,6 +75,7 @@ DISCRETISATIONS: dict[str, dict[str, Any]] = {
     "exp": {"use_exponential_sigmas": True},
     "beta": {"use_beta_sigmas": True},
     "lu": {"use_lu_lambdas": True},
+    "shift3": {"shift": 3.0},
 }
 
 #: The LML config keys (one source: the schedulers' own defaults).
@@ -102,6 +115,8 @@ class SamplerSpec:
         if self.lml:
             out["lm"] = True
         out.update(self.settings)
+        if "shift" in out and "use_flow_sigmas" in SOLVERS[self.solver][1]:
+            out["flow_shift"] = out.pop("shift")  # the multistep solvers' name for the flow time shift
         return out
 
 
@@ -158,10 +173,11 @@ def sampler_names(include_discretisations: bool = False) -> tuple[str, ...]:
     import diffusers
 
     names = []
-    for solver, (cls_name, _, lml_cls, _) in SOLVERS.items():
+    for solver, (cls_name, solver_overrides, lml_cls, _) in SOLVERS.items():
         suffixes = [None]
         if include_discretisations:
             accepted = _accepted_keys(getattr(diffusers, cls_name))
+            accepted |= {"shift"} if "use_flow_sigmas" in solver_overrides else set()
             suffixes += [d for d, o in DISCRETISATIONS.items() if set(o) <= accepted]
         for d in suffixes:
             base = solver if d is None else f"{solver}-{d}"
@@ -175,7 +191,8 @@ def make_scheduler(spec: str | SamplerSpec, base_config, **overrides):
     """``Class.from_config(base_config, **name overrides, **overrides)`` for the sampler ``spec``.
 
     ``base_config`` is the model's own scheduler config (``pipe.scheduler.config``), so betas, prediction type,
-    clipping and the number of training steps carry over. ``overrides`` (e.g. ``kappa=1e-3``) win over the name's;
+    clipping and the number of training steps carry over; a flow-matching sampler on a VP model's config (or the
+    reverse) is refused. ``overrides`` (e.g. ``kappa=1e-3``) win over the name's;
     LML keys are refused for stock samplers.
     """
     parsed = parse_sampler(spec) if isinstance(spec, str) else spec
@@ -183,4 +200,5 @@ def make_scheduler(spec: str | SamplerSpec, base_config, **overrides):
     if lm_given and not parsed.lml:
         raise ValueError(f"{lm_given} apply only to lml-* samplers, not {parsed.name!r}")
     kwargs = {**parsed.overrides(), **{k: v for k, v in overrides.items() if v is not None}}
+    check_same_family(parsed.scheduler_class, dict(base_config), kwargs)
     return parsed.scheduler_class.from_config(dict(base_config), **kwargs)

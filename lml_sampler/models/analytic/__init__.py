@@ -11,6 +11,7 @@ back in the input's dtype.
   the unitary 2-D DFT basis); ``GaussianDenoiser.stationary()`` is the stationary benchmark of
   ``docs/exact-score-benchmark.md §1``.
 * ``gmm.py``: ``GMMDenoiser``, a mixture of Gaussians with isotropic or diagonal covariances.
+* ``guidance.py``: ``GuidedMixtureDenoiser``, exact classifier-free guidance on a class-conditional ``GMMDenoiser``.
 * ``empirical.py``: ``EmpiricalDenoiser``, the empirical distribution of a finite image set;
   ``EmpiricalDenoiser.digits()`` uses ``digits_dataset()`` (sklearn's bundled 8×8 digits, upsampled; re-exported from
   ``lml_sampler.data.digits``), the preprocessing shared with the bundled models and the domain FID.
@@ -21,12 +22,14 @@ from .base import AnalyticDenoiser, prediction_from_x0
 from .empirical import EmpiricalDenoiser
 from .gaussian import GaussianDenoiser, stationary_spectrum
 from .gmm import GMMDenoiser
+from .guidance import GuidedMixtureDenoiser
 from .schedule import NoiseSchedule, interpolate_alphas_cumprod
 
 __all__ = [
     "AnalyticDenoiser",
     "GaussianDenoiser",
     "GMMDenoiser",
+    "GuidedMixtureDenoiser",
     "EmpiricalDenoiser",
     "NoiseSchedule",
     "digits_dataset",
