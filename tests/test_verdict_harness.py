@@ -358,3 +358,25 @@ def test_recommended_table_merges_studies_and_each_study_replaces_only_its_rows(
         recommended.save("lml_verdict", [_rec("flow_cfg", "x", 5)], folder)
     assert _rec("s", "m", 5, err=(1.0, 0.5)).verdict() == "0.50× (helps)"
     assert _rec("s", "m", 5, err=(1.0, 1.01)).verdict() == "1.01× (no gain)"
+
+
+def test_lml_on_a_diverging_parent_is_stored_as_diverged_and_other_errors_propagate(tmp_path, monkeypatch):
+    bench = GaussianBenchmark.build(quick=True)
+    bench.n = 8
+    spec = gamma_specs("quick", ("dpm-karras",))[0]  # its parent steps σ_min → σ_min at NFE 15: NaN increments
+    cell = runner.ensure_cell(CellStore(tmp_path), bench, spec, 15, seed=1, log=False)
+    assert cell["value"] == float("inf") and cell["parent_diverged"]
+    real, message = runner.run_sampler, {}
+
+    def failing(bench, spec, *args):
+        if spec.kind == "lml":
+            raise ValueError(message["text"])
+        return real(bench, spec, *args)
+
+    monkeypatch.setattr(runner, "run_sampler", failing)  # the parent, dpm++2m-lu, converges
+    converging = gamma_specs("quick", ("dpm++2m-lu",))[0]
+    message["text"] = runner.NONFINITE_LAMBDA + ", ..."  # LML's own increment blew up: a divergence
+    assert runner.compute_cell(bench, converging, 10, 1) == {"value": float("inf"), "finite": False}
+    message["text"] = "a bug, not a divergence"
+    with pytest.raises(ValueError, match="a bug"):
+        runner.compute_cell(bench, converging, 10, 1)

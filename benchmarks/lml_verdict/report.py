@@ -169,6 +169,14 @@ def verdict_lines(results: dict[str, BenchmarkResults]) -> list[str]:
                    + (f"; the LML gains run on top of {where}" if where else "") + ". "
                    f"Drop-in LML only (deterministic, no extra NFE): {_grouped(mine, 'drop_in_ratio')}. "
                    f"Earlier protocol (every sampler on its default steps): {_grouped(mine, 'default_ratio')}.")
+        res = results[name]
+        lm = [(n, res.best(n, lambda f: family_method(f) == "langevin-lm").value,
+               res.best(n, lambda f: family_method(f) == "langevin-iso").value) for n in res.nfes]
+        if any(math.isfinite(a) and math.isfinite(b) for _, a, b in lm):
+            out.append("  - Control for the Langevin corrector: LM-preconditioned / isotropic (each at its best "
+                       "discretisation and setting) = " + ", ".join(
+                           f"{a / b:.2f} (NFE {n})" for n, a, b in lm if math.isfinite(a) and math.isfinite(b))
+                       + "; a ratio near 1 means the corrector's gain is not an LM effect.")
     return out
 
 

@@ -67,6 +67,8 @@ CORRECTOR_STREAM = 2 * 10**6
 #: Outputs beyond this magnitude count as diverged: every model's data lie within a few units of 0, so such a
 #: sample's error is > 10⁸ whatever the metric, and the Fréchet distances' matrix square roots would only overflow.
 DIVERGED_ABS = 1e4
+#: How ``lml_sampler.math.lowrank`` refuses a non-finite λ (the γ form's λ of a blown-up increment).
+NONFINITE_LAMBDA = "lamb must be > 0 and finite"
 #: The converged ODE solution of the diagnostics.
 ODE_REFERENCE = "dpm-linspace"
 
@@ -181,7 +183,31 @@ def compute_cell(bench: Benchmark, spec: Spec, nfe: int, seed: int) -> dict[str,
                 sampled = evaluate(bench, run_sampler(bench, spec, nfe, noise.to(bench.dtype), seed), noise)
                 cell = {**sampled, "value_sampled": sampled["value"], **cell}
             return cell
-    return evaluate(bench, run_sampler(bench, spec, nfe, noise.to(bench.dtype), seed), noise)
+    if spec.kind in ("lml", "langevin") and parent_diverges(bench, spec, nfe):
+        # LML and the corrector change the parent's update, which is then NaN: they diverge with it
+        return {"value": float("inf"), "finite": False, "parent_diverged": True}
+    try:
+        out = run_sampler(bench, spec, nfe, noise.to(bench.dtype), seed)
+    except ValueError as exc:
+        # the γ form refuses λ = κ‖v‖²/γ once the increment v has blown up to inf/NaN: this run diverged; any
+        # other error is a bug and propagates
+        if spec.kind != "lml" or not str(exc).startswith(NONFINITE_LAMBDA):
+            raise
+        return {"value": float("inf"), "finite": False}
+    return evaluate(bench, out, noise)
+
+
+_parent_diverges_cache: dict = {}
+
+
+def parent_diverges(bench: Benchmark, spec: Spec, nfe: int) -> bool:
+    """Whether ``spec``'s stock parent diverges at ``nfe`` on one probe sample (a NaN step coefficient, as in
+    DPM-Solver 3 on σ grids from NFE 15: docs/exact-score-benchmark.md §2, hits every input alike)."""
+    key = (bench.name, spec.base, nfe)
+    if key not in _parent_diverges_cache:
+        probe = initial_noise_for(bench, TUNE_SEED)[:1].to(bench.dtype)
+        _parent_diverges_cache[key] = diverged(run_sampler(bench, spec.stock_parent(), nfe, probe, TUNE_SEED))
+    return _parent_diverges_cache[key]
 
 
 def ensure_cell(store: CellStore, bench: Benchmark, spec: Spec, nfe: int, seed: int, log: bool = True) -> dict:
