@@ -1,10 +1,10 @@
-"""Regenerate the README section "sweep" from the main job: the FID-vs-NFE sweep on the bundled models.
+"""Regenerate the README section "sweep" from the main job: the FID/KID-vs-NFE sweep on the bundled models.
 
     python -m benchmarks.fid_sweep                       # runs (or resumes) lml-eval's default sweep in runs/sweep
     python -m benchmarks.fid_sweep --out runs/sweep      # the same folder the README's main job writes
 
 The sweep is exactly ``lml-eval sweep --out DIR`` with its defaults; this script adds the README section and copies
-the plot to ``docs/images/fid_vs_nfe.png``.
+the plots to ``docs/images/fid_vs_nfe.png`` and ``docs/images/kid_vs_nfe.png``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rows = run_sweep(SweepConfig(out=args.out))
     image = publish_image(f"{args.out}/fid_vs_nfe.png", "fid_vs_nfe.png")
-    update_readme_section("sweep", readme_markdown(rows, image, command=f"python -m benchmarks.fid_sweep --out {args.out}"))
-    print(f"README section 'sweep' updated; plot at {image}")
+    kid_image = publish_image(f"{args.out}/kid_vs_nfe.png", "kid_vs_nfe.png")
+    command = f"python -m benchmarks.fid_sweep --out {args.out}"
+    update_readme_section("sweep", readme_markdown(rows, image, command=command, kid_image=kid_image))
+    print(f"README section 'sweep' updated; plots at {image}, {kid_image}")
     return 0
 
 

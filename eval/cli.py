@@ -1,9 +1,15 @@
-"""``lml-eval``: FID-vs-NFE sweeps, reference statistics and FID, following pytorch-fid / clean-fid conventions.
+"""``lml-eval``: FID-vs-NFE sweeps (FID, KID, precision/recall, CLIP score, each with its standard error),
+reference statistics and the metrics of folders, following pytorch-fid / clean-fid conventions.
 
     lml-eval sweep --out runs/sweep                     # the README's main job (defaults: a few minutes on 2 CPUs)
-    lml-eval stats digits:test --out ref.npz --extractor digits-features
+    lml-eval sweep --out runs/sweep --metrics fid,kid,pr
+    lml-eval sweep --models PIPE --prompts p.txt --guidance-scale 1,3,5,7.5 --metrics fid,kid,clip \\
+        --clip-model CLIP_FOLDER --ref-stats ref.npz --out runs/t2i   # FID–CLIP trade-off per sampler and NFE
+    lml-eval stats digits:test --out ref.npz --extractor digits-features --features   # + ref.features.npz
     lml-eval stats path/to/images --out ref.npz          # Inception (needs the [inception] extra + weights)
-    lml-eval fid path/to/samples ref.npz                 # folder (or .npz statistics) vs statistics
+    lml-eval fid path/to/samples ref.npz                 # folder (or .npz statistics / features) vs statistics
+    lml-eval kid path/to/samples ref.features.npz        # KID: folders or features .npz
+    lml-eval pr path/to/samples ref.features.npz --k 3   # precision, recall, density, coverage
     accelerate launch --multi_gpu --num_processes 2 -m lml_sampler.eval.cli sweep --out runs/sweep   # sharded (GPUs or CPU)
     torchrun --nproc_per_node 2 -m lml_sampler.eval.cli sweep --out runs/sweep                      # the same with torchrun
 """
@@ -14,13 +20,28 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple, NoReturn
 
 import numpy as np
 import torch
 
-from .extractors import extract_features, load_feature_extractor
-from .fid import compute_statistics, frechet_distance, load_statistics, quantize_uint8, save_statistics
 from lml_sampler.schedulers.registry import parse_sampler, sampler_names
+
+from .extractors import extract_features, load_feature_extractor
+from .features import check_same_dim, features_path, load_features, save_features
+from .fid import (Statistics, compute_statistics, fid_jackknife, frechet_distance, load_statistics, quantize_uint8,
+                  save_statistics)
+
+#: Exceptions that mean "the input is wrong" (the message says what to change): one line on stderr, exit status 2.
+USER_ERRORS = (ValueError, FileNotFoundError)
+
+
+def user_error(message: str) -> NoReturn:
+    """Print ``lml-eval: error: <message>`` as one line on stderr and exit with status 2 (argparse's convention)."""
+    text = " ".join(str(message).split())
+    print(f"lml-eval: error: {text}", file=sys.stderr)
+    raise SystemExit(2)
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -59,15 +80,46 @@ def load_images(source: str) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).contiguous()
 
 
-def _source_stats(source: str, args) -> tuple:
-    if source.endswith(".npz") and Path(source).is_file():
-        with np.load(source) as data:
-            if "mu" in data:
-                return load_statistics(source, with_metadata=True)
+class Source(NamedTuple):
+    """One side of a comparison: statistics always, raw features when the source has them, and metadata."""
+
+    stats: Statistics
+    features: np.ndarray | None
+    meta: dict
+
+
+def load_source(source: str, args, need_features: bool = False) -> Source:
+    """A folder / ``digits:<split>`` / ``.npy`` of images (featurised with ``--extractor``), a statistics ``.npz``
+    (``mu``, ``sigma``; its ``.features.npz`` companion is used when features are needed) or a features ``.npz``."""
+    path = Path(source)
+    if path.suffix == ".npz" and path.is_file():
+        with np.load(path) as data:
+            keys = set(data.keys())
+        if "features" in keys:
+            feats, meta = load_features(path, with_metadata=True)
+            return Source(compute_statistics(feats), feats, meta)
+        if "mu" in keys:
+            stats, meta = load_statistics(path, with_metadata=True)
+            feats = None
+            if need_features:
+                feats, fmeta = load_features(features_path(path), with_metadata=True)
+                meta = {**fmeta, **meta}
+            return Source(stats, feats, meta)
     images = load_images(source)
     ext = load_feature_extractor(args.extractor, args.inception_weights, in_channels=images.shape[1])
-    feats = extract_features(ext, images, args.batch_size)
-    return compute_statistics(feats), {"extractor": args.extractor}
+    feats = extract_features(ext, images, args.batch_size).numpy()
+    return Source(compute_statistics(feats), feats, {"extractor": args.extractor})
+
+
+def _load_pair(args, need_features: bool) -> tuple[Source, Source]:
+    a = load_source(args.source, args, need_features)
+    b = load_source(args.reference, args, need_features)
+    ea, eb = a.meta.get("extractor"), b.meta.get("extractor")
+    if ea and eb and ea != eb:
+        raise ValueError(f"{args.source} and {args.reference} use different extractors ({ea!r} vs {eb!r}): they are "
+                         "not comparable; compute both with the same --extractor")
+    check_same_dim(len(a.stats.mu), len(b.stats.mu), f"{args.source} and {args.reference}")
+    return a, b
 
 
 def _parse_list(text: str, cast=str) -> tuple:
@@ -75,13 +127,12 @@ def _parse_list(text: str, cast=str) -> tuple:
 
 
 def cmd_sweep(args) -> int:
+    from .metrics import MetricSettings, parse_metrics
     from .sweep import SweepConfig, run_sweep
 
     for spec in args.samplers:
-        try:
-            parse_sampler(spec)
-        except ValueError as exc:
-            raise SystemExit(str(exc)) from None
+        parse_sampler(spec)
+    metrics = parse_metrics(args.metrics) if args.metrics is not None else None
     models = list(args.models)
     if args.skip_missing:
         from lml_sampler.models.bundled import available_models
@@ -91,12 +142,15 @@ def cmd_sweep(args) -> int:
         if missing:
             print(f"skipping models without bundled weights: {missing}", file=sys.stderr)
             models = [m for m in models if m not in missing]
+    settings = MetricSettings(se_groups=args.se_groups, kid_subsets=args.kid_subsets,
+                              kid_subset_size=args.kid_subset_size, pr_k=args.pr_k, seed=args.seed)
     cfg = SweepConfig(out=args.out, models=tuple(models), samplers=args.samplers, nfe=args.nfe, seed=args.seed,
                       num_samples=args.num_samples, batch_size=args.batch_size, shard_size=args.shard_size,
                       lamb=args.lamb, kappa=args.kappa, freeze=args.freeze, lm_formula=args.lm_formula,
                       extractor=args.extractor, inception_weights=args.inception_weights, ref_stats=args.ref_stats,
-                      prompts=args.prompts, guidance_scale=args.guidance_scale, device=args.device,
-                      progress=not args.no_progress, grid_samples=args.grid_samples)
+                      prompts=args.prompts, guidance_scale=args.guidance_scale, metrics=metrics,
+                      metric_settings=settings, clip_model=args.clip_model, keep_images=args.keep_images,
+                      device=args.device, progress=not args.no_progress, grid_samples=args.grid_samples)
     run_sweep(cfg)
     from .distributed import dist_info
 
@@ -106,19 +160,58 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    stats, meta = _source_stats(args.source, args)
-    path = save_statistics(args.out, stats, extractor=meta.get("extractor", args.extractor), source=args.source)
-    print(f"wrote {path}: n={stats.n}, d={len(stats.mu)}, extractor={args.extractor}")
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        raise ValueError(f"--out must end in .npz, got {args.out!r}")
+    src = load_source(args.source, args)
+    extractor = src.meta.get("extractor", args.extractor)
+    path = save_statistics(out, src.stats, extractor=extractor, source=args.source)
+    print(f"wrote {path}: n={src.stats.n}, d={len(src.stats.mu)}, extractor={extractor}")
+    if args.features:
+        if src.features is None:
+            raise ValueError(f"{args.source} holds statistics only; --features needs images or a features .npz")
+        fpath = save_features(features_path(out), src.features, extractor=extractor, source=args.source)
+        print(f"wrote {fpath}: raw features for KID and precision/recall")
     return 0
 
 
 def cmd_fid(args) -> int:
-    (a, meta_a), (b, meta_b) = _source_stats(args.source, args), _source_stats(args.reference, args)
-    ea, eb = meta_a.get("extractor"), meta_b.get("extractor")
-    if ea and eb and ea != eb:
-        raise SystemExit(f"statistics use different extractors ({ea!r} vs {eb!r}): they are not comparable")
-    print(f"FID: {frechet_distance(a, b):.6f}")
+    a, b = _load_pair(args, need_features=False)
+    value = frechet_distance(a.stats, b.stats)
+    if a.features is not None and a.features.shape[0] >= 3:
+        se, values = fid_jackknife(a.features, b.stats, args.se_groups)
+        print(f"FID: {value:.6f} ± {se:.6f} (standard error: jackknife over {len(values)} groups of the source)")
+    else:
+        print(f"FID: {value:.6f}")
     return 0
+
+
+def cmd_kid(args) -> int:
+    from .kid import kernel_inception_distance
+
+    a, b = _load_pair(args, need_features=True)
+    res = kernel_inception_distance(a.features, b.features, subsets=args.subsets, subset_size=args.subset_size,
+                                    degree=args.degree, seed=args.seed, groups=args.se_groups)
+    print(f"KID: {res.mean:.6g} (std over {res.subsets} subsets of {res.subset_size}: {res.std:.3g}; "
+          f"standard error: {res.se:.3g}; unbiased MMD² of all samples: {res.full:.6g})")
+    return 0
+
+
+def cmd_pr(args) -> int:
+    from .precision_recall import precision_recall
+
+    a, b = _load_pair(args, need_features=True)
+    res = precision_recall(a.features, b.features, args.k)
+    print(f"precision: {res.precision:.4f}  recall: {res.recall:.4f}  density: {res.density:.4f}  "
+          f"coverage: {res.coverage:.4f}  (k = {res.k}; {res.num_generated} generated, {res.num_reference} reference)")
+    return 0
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return _parse_list(text, float)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,7 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lm-formula", choices=("stable", "official"), default=None)
     s.add_argument("--ref-stats", default=None, help="reference .npz for pipeline folders / Hub ids")
     s.add_argument("--prompts", default=None, help="text file, one prompt per line (text-to-image pipelines)")
-    s.add_argument("--guidance-scale", type=float, default=None)
+    s.add_argument("--guidance-scale", type=_floats, default=None,
+                   help="comma list, e.g. 1,3,5,7.5: text-to-image cells are swept over it (FID–CLIP plot)")
+    s.add_argument("--metrics", default=None,
+                   help="comma list from fid, kid, pr, clip (default fid,kid; KID only where the reference has raw "
+                        "features); adding one to a finished sweep computes only that one from the stored features")
+    s.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (standard protocol: 100)")
+    s.add_argument("--kid-subset-size", type=int, default=None,
+                   help="KID subset size (default: 1000, capped by the sample counts)")
+    s.add_argument("--pr-k", type=int, default=3, help="k of the k-NN manifolds of precision/recall (default 3)")
+    s.add_argument("--se-groups", type=int, default=20, help="jackknife groups of the standard errors (default 20)")
+    s.add_argument("--clip-model", default=None,
+                   help="CLIP folder (CLIPModel + CLIPProcessor) or cached Hub id, for --metrics ...,clip")
+    s.add_argument("--keep-images", action="store_true",
+                   help="store every sample's uint8 image in the shards (lets a later --metrics ...,clip embed them)")
     s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     s.add_argument("--grid-samples", type=int, default=8, help="images per row of the per-sampler grids (0: none)")
     s.add_argument("--skip-missing", action="store_true", help="skip bundled models whose weights are absent")
@@ -165,14 +271,32 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("stats", help="statistics (mu, sigma, n) of a folder / digits:<split> / .npy → .npz")
     t.add_argument("source")
     t.add_argument("--out", required=True)
+    t.add_argument("--features", action="store_true",
+                   help="also write OUT.features.npz (raw features: KID and precision/recall need them)")
     extractor_args(t, "inception")
     t.set_defaults(func=cmd_stats)
 
-    f = sub.add_parser("fid", help="FID of SOURCE (folder or .npz stats) against REFERENCE (.npz stats or folder)")
-    f.add_argument("source")
-    f.add_argument("reference")
-    extractor_args(f, "inception")
-    f.set_defaults(func=cmd_fid)
+    def comparison(name: str, func, help: str, needs_features: bool):
+        """A subcommand comparing SOURCE with REFERENCE (images, statistics or features)."""
+        sources = "SOURCE and REFERENCE: image folders, digits:<split>, .npy images, or .npz statistics / features"
+        q = sub.add_parser(name, help=help, description=sources + (" (statistics files need their .features.npz)"
+                                                                    if needs_features else ""))
+        q.add_argument("source")
+        q.add_argument("reference")
+        extractor_args(q, "inception")
+        q.set_defaults(func=func)
+        return q
+
+    f = comparison("fid", cmd_fid, "FID of SOURCE against REFERENCE (± jackknife SE when SOURCE has features)", False)
+    f.add_argument("--se-groups", type=int, default=20, help="jackknife groups of the standard error")
+    k = comparison("kid", cmd_kid, "KID of SOURCE against REFERENCE (subset mean, std, standard error)", True)
+    k.add_argument("--subsets", type=int, default=100)
+    k.add_argument("--subset-size", type=int, default=None, help="default 1000, capped by the sample counts")
+    k.add_argument("--degree", type=int, default=3, help="polynomial kernel degree")
+    k.add_argument("--seed", type=int, default=0, help="seed of the random subsets")
+    k.add_argument("--se-groups", type=int, default=20, help="jackknife groups of the standard error")
+    r = comparison("pr", cmd_pr, "precision, recall, density, coverage of SOURCE against REFERENCE", True)
+    r.add_argument("--k", type=int, default=3, help="k of the k-NN manifolds (default 3)")
     return p
 
 
@@ -182,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        user_error(str(exc))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,8 @@ from .distributed import DistInfo, dist_info
 from .exact import linear_sampler_distance
 from .fid import frechet_distance, save_statistics
 from .generate import ModelSampler, PipelineSampler
-from .models import EvalModel, load_eval_model
+from .metrics import DEFAULT_METRICS, MetricSettings, cell_metrics, check_metric_inputs, parse_metrics
+from .models import MODEL_SPECS, EvalModel, load_eval_model
 from .shards import run_shards, shard_statistics
 
 __all__ = ["SweepConfig", "run_cell", "run_sweep", "sampler_label", "DEFAULT_SAMPLERS", "DEFAULT_NFE", "DEFAULT_MODELS"]
@@ -52,10 +54,22 @@ class SweepConfig:
     inception_weights: str | None = None
     ref_stats: str | None = None
     prompts: str | None = None
-    guidance_scale: float | None = None
+    # one value or a list: text-to-image cells are swept over it (the FID–CLIP trade-off)
+    guidance_scale: float | tuple[float, ...] | None = None
+    # None: fid,kid (KID only where the reference has raw features); explicit names are required of every model
+    metrics: tuple[str, ...] | None = None
+    metric_settings: MetricSettings = field(default_factory=MetricSettings)
+    clip_model: str | None = None
+    keep_images: bool = False
     device: str = "cpu"
     progress: bool = True
     grid_samples: int = 8
+
+    def guidance_scales(self) -> tuple[float | None, ...]:
+        g = self.guidance_scale
+        if g is None:
+            return (None,)
+        return tuple(float(v) for v in g) if isinstance(g, (tuple, list)) else (float(g),)
 
     def lml_kwargs(self) -> dict[str, Any]:
         return {k: v for k, v in dict(lamb=self.lamb, kappa=self.kappa, freeze=self.freeze,
@@ -87,13 +101,19 @@ def _row_settings(sampler: SamplerSpec, scheduler) -> dict[str, Any]:
     return {k: scheduler.config[k] for k in _LM_REPORTED}
 
 
-def run_cell(model: EvalModel, sampler: str, nfe: int, cfg: SweepConfig, dist: DistInfo | None = None) -> dict:
+def run_cell(model: EvalModel, sampler: str, nfe: int, cfg: SweepConfig, dist: DistInfo | None = None,
+             guidance: float | None = None, clip=None, metrics: tuple[str, ...] | None = None) -> dict:
     """Generate (resumably, sharded) and score one cell; returns its result row (all ranks get the same row).
 
-    A cell whose ``result.json`` exists is not recomputed. Cells of linear samplers on a linear-Gaussian model are
-    scored exactly from the transfer matrix (no samples, no Monte-Carlo error).
+    Generation and FID are stored in ``result.json`` and never recomputed; the other metrics of ``cfg.metrics`` are
+    computed from the stored features and kept in ``metrics/`` (:func:`~lml_sampler.eval.metrics.cell_metrics`).
+    Cells of linear samplers on a linear-Gaussian model are scored exactly from the transfer matrix (no samples, no
+    Monte-Carlo error). ``guidance`` is the pipeline's ``guidance_scale``; ``clip`` a
+    :class:`~lml_sampler.eval.clip_score.CLIPEmbedder` when the CLIP score is requested. ``metrics`` overrides
+    ``cfg.metrics`` (as resolved for this model by :func:`run_sweep`).
     """
     dist = dist or dist_info()
+    metrics = parse_metrics(metrics or cfg.metrics or DEFAULT_METRICS)
     spec = parse_sampler(sampler)
     if model.is_flow != spec.flow:
         raise ValueError(f"sampler {spec.name!r} does not fit model {model.name!r} "
@@ -105,24 +125,39 @@ def run_cell(model: EvalModel, sampler: str, nfe: int, cfg: SweepConfig, dist: D
     label = sampler_label(spec.name, shown)
     slug = spec.name + "".join(f"_{k}{v:g}" if isinstance(v, float) else f"_{k}-{v}" for k, v in shown.items()
                                if v is not None)
+    slug += f"_cfg{guidance:g}" if guidance is not None else ""
     n = cfg.num_samples or cfg.default_samples[model.metric]
     key = Path("cells") / _safe(model.name) / slug / f"nfe{nfe:03d}_seed{cfg.seed}"
     manifest = {"model": model.name, "sampler": label, "nfe": nfe, "seed": cfg.seed, "num_samples": n,
                 "shard_size": cfg.shard_size, "metric": model.metric, "extractor": model.extractor_name}
+    if guidance is not None:
+        manifest["guidance_scale"] = guidance
     store = CellStore(cfg.out)
     # The main process writes the manifest; the others check it after the barrier (never mix two runs' shards).
     cell = store.cell(key, manifest, check_only=not dist.is_main)
-    done = cell.result()
-    if done is not None:
-        return done
+    row = cell.result()
+    clip = clip if "clip" in metrics and model.prompts is not None else None
+    if row is None or (clip is not None and row.get("method") == "samples"):
+        dist.barrier()
+        store.cell(key, manifest, check_only=True)
+        base = {"model": model.name, "sampler": label, "sampler_name": spec.name, "nfe": nfe, "cell": key.as_posix(),
+                "seed": cfg.seed, "metric": model.metric, "reference": model.reference_desc,
+                "extractor": model.extractor_name or "pixels", "guidance_scale": guidance,
+                **{k: settings.get(k) for k in _LM_REPORTED}}
+        row = _generate_cell(model, spec, scheduler, nfe, n, cfg, dist, cell, base, guidance, clip, done=row)
+    if dist.is_main:
+        extra = cell_metrics(metrics, cell.dir, model, row, cfg.metric_settings, clip)
     dist.barrier()
-    store.cell(key, manifest, check_only=True)
+    if not dist.is_main:
+        extra = cell_metrics(metrics, cell.dir, model, row, cfg.metric_settings, clip)  # reads what main stored
+    return {**row, **extra}
 
-    row: dict[str, Any] = {"model": model.name, "sampler": label, "sampler_name": spec.name, "nfe": nfe,
-                           "cell": key.as_posix(), "seed": cfg.seed, "metric": model.metric,
-                           "reference": model.reference_desc, "extractor": model.extractor_name or "pixels",
-                           **{k: settings.get(k) for k in _LM_REPORTED}}
-    if model.linear and not (spec.lml and scheduler.lm_engaged):
+
+def _generate_cell(model: EvalModel, spec: SamplerSpec, scheduler, nfe: int, n: int, cfg: SweepConfig,
+                   dist: DistInfo, cell, row: dict, guidance: float | None, clip, done: dict | None) -> dict:
+    """The shards and ``result.json`` (generation record + FID) of a cell; with ``done``, only the feature sets a
+    finished cell lacks (CLIP embeddings) are added."""
+    if done is None and model.linear and not (spec.lml and scheduler.lm_engaged):
         if dist.is_main:
             row.update(_exact_linear_row(model, scheduler, nfe))
             cell.save(row)
@@ -134,12 +169,21 @@ def run_cell(model: EvalModel, sampler: str, nfe: int, cfg: SweepConfig, dist: D
         sample_fn: Any = ModelSampler(model.denoiser, scheduler, nfe, cfg.seed, tuple(model.denoiser.data_shape),
                                       dtype=dtype)
     else:
-        sample_fn = PipelineSampler(model.pipe, scheduler, nfe, cfg.seed, prompts=model.prompts, **model.pipe_kwargs)
+        kwargs = {**model.pipe_kwargs, **({"guidance_scale": guidance} if guidance is not None else {})}
+        sample_fn = PipelineSampler(model.pipe, scheduler, nfe, cfg.seed, prompts=model.prompts, **kwargs)
         dtype = sample_fn.denoiser.dtype
     keep = ("features", "raw") if model.metric == "exact-fd" else ()
-    mine = run_shards(sample_fn, cell.dir, n, cfg.shard_size, cfg.batch_size, feature_fn=model.features, dist=dist,
-                      keep=keep, progress=cfg.progress, desc=f"{model.name} {label} nfe={nfe}")
+    keep += ("images",) if cfg.keep_images else ()
+    feature_fns: dict[str, Any] = {"features": model.features}
+    tags = {}
+    if clip is not None:
+        feature_fns["clip"], tags["clip"] = (lambda out: clip.images(out["images"])), clip.name
+    mine = run_shards(sample_fn, cell.dir, n, cfg.shard_size, cfg.batch_size, feature_fns=feature_fns,
+                      feature_tags=tags, dist=dist, keep=keep, progress=cfg.progress,
+                      desc=f"{model.name} {row['sampler']} nfe={nfe}")
     dist.barrier()
+    if done is not None:
+        return done
     reference = model.reference()
     stats, totals = shard_statistics(cell.dir, mine, num_features=len(reference.mu))
     gen_stats = stats.compute()  # all-reduced float64 sums across processes
@@ -174,33 +218,68 @@ def _exact_linear_row(model: EvalModel, scheduler, nfe: int) -> dict[str, Any]:
 
 
 def run_sweep(cfg: SweepConfig, write_reports: bool = True) -> list[dict]:
-    """Run every cell of the grid (skipping finished ones) and write ``results.{csv,json,md}``, the FID-vs-NFE
-    plot and one image grid per (model, sampler)."""
+    """Run every cell of the grid (skipping finished ones) and write ``results.{csv,json,md}``, the metric-vs-NFE
+    plots (and the FID–CLIP plot of guidance sweeps) and one image grid per (model, sampler).
+
+    Every input the metrics need (sample counts for the KID subsets and k, the CLIP model, guidance support) is
+    checked before the first sample is generated.
+    """
     from tqdm.auto import tqdm
 
     from . import report
 
     dist = dist_info(cpu=str(cfg.device) == "cpu")
+    metrics = parse_metrics(cfg.metrics or DEFAULT_METRICS)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     prompts = Path(cfg.prompts).read_text().splitlines() if cfg.prompts else None
     prompts = [p for p in prompts if p.strip()] if prompts else None
-    rows: list[dict] = []
+    if cfg.prompts and not prompts:
+        raise ValueError(f"--prompts {cfg.prompts} holds no prompt (one per line)")
     models: list[EvalModel] = []
     for spec in cfg.models:
-        models.append(load_eval_model(spec, extractor=cfg.extractor if spec not in ("gmm", "gaussian") else None,
+        takes_extractor = MODEL_SPECS[spec].takes_extractor if spec in MODEL_SPECS else True
+        models.append(load_eval_model(spec, extractor=cfg.extractor if takes_extractor else None,
                                       inception_weights=cfg.inception_weights, ref_stats=cfg.ref_stats,
-                                      prompts=prompts, cache_dir=out / "reference", guidance_scale=cfg.guidance_scale,
-                                      device=cfg.device))
+                                      prompts=prompts, cache_dir=out / "reference", device=cfg.device))
+    guidance = cfg.guidance_scales()
+    if guidance != (None,):
+        unguided = [m.name for m in models if not m.accepts_guidance]
+        if unguided:
+            raise ValueError(f"--guidance-scale applies to pipelines that take guidance_scale; {unguided} do not: "
+                             "run them in a separate sweep without --guidance-scale")
+    clip = None
+    if "clip" in metrics:
+        if not any(m.prompts for m in models):
+            raise ValueError("the clip metric scores text-to-image samples against their prompts: pass --prompts FILE")
+        if cfg.clip_model is None:
+            raise ValueError("the clip metric needs a CLIP model: pass --clip-model FOLDER_OR_HUB_ID")
+        from .clip_score import CLIPEmbedder
+
+        clip = CLIPEmbedder(cfg.clip_model, device=cfg.device)
+    model_metrics = {}
+    for m in models:
+        n = cfg.num_samples or cfg.default_samples[m.metric]
+        try:
+            check_metric_inputs(metrics, m, n, cfg.metric_settings)
+            model_metrics[m.name] = metrics
+        except FileNotFoundError as exc:
+            if cfg.metrics is not None:
+                raise
+            model_metrics[m.name] = tuple(x for x in metrics if x not in ("kid", "pr"))
+            if dist.is_main:
+                print(f"{m.name}: FID only ({exc})", file=sys.stderr)
     fits = {s: parse_sampler(s).flow for s in cfg.samplers}
-    cells = [(m, s, k) for m in models for s in cfg.samplers for k in cfg.nfe if m.is_flow == fits[s]]
+    cells = [(m, s, k, g) for m in models for s in cfg.samplers for g in (guidance if m.accepts_guidance else (None,))
+             for k in cfg.nfe if m.is_flow == fits[s]]
     skipped = [(m.name, s) for m in models for s in cfg.samplers if m.is_flow != fits[s]]
     bar = tqdm(cells, desc="sweep", unit="cell", disable=not (cfg.progress and dist.is_main))
-    for model, sampler, nfe in bar:
-        bar.set_postfix_str(f"{model.name} {sampler} {nfe}")
-        rows.append(run_cell(model, sampler, nfe, cfg, dist))
+    rows: list[dict] = []
+    for model, sampler, nfe, g in bar:
+        bar.set_postfix_str(f"{model.name} {sampler} {nfe}" + (f" cfg {g:g}" if g is not None else ""))
+        rows.append(run_cell(model, sampler, nfe, cfg, dist, guidance=g, clip=clip, metrics=model_metrics[model.name]))
     if write_reports and dist.is_main:
-        report.write_reports(rows, out, cfg.grid_samples)
+        report.write_reports(rows, out, cfg.grid_samples, metrics)
         if skipped:
             print(f"skipped (sampler does not fit the model type): {sorted(set(skipped))}")
     dist.barrier()

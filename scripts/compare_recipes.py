@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from lml_sampler._io import atomic_write_json
 from lml_sampler.models.training import RECIPES, TrainConfig, build_unet
 
 from .priors import PRIORS, prior_data
@@ -62,6 +63,31 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_measure(args) -> int:
+    from benchmarks.prior_quality import measure
+
+    rows = []
+    for plan in sorted((ROOT / args.prior).glob("*/plan.json")):
+        folder = plan.parent
+        info_path = folder / "pipeline" / "training.json"
+        if not info_path.is_file():
+            continue
+        info = json.loads(info_path.read_text())
+        if info.get("status") != "final":
+            continue
+        quality_path = folder / "quality.json"
+        if quality_path.is_file():
+            quality = json.loads(quality_path.read_text())
+        else:
+            quality = measure(args.prior, folder / "pipeline")
+            atomic_write_json(quality_path, quality)
+        rows.append({"recipe": folder.name, "steps": info["steps"], "train_minutes": info["train_minutes"],
+                     "params": info["params"], **quality})
+        print(json.dumps(rows[-1]), flush=True)
+    atomic_write_json(ROOT / args.prior / "comparison.json", rows)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -71,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--minutes", type=float, default=15.0)
     t.add_argument("--threads", type=int, default=1)
     t.set_defaults(func=cmd_train)
+    m = sub.add_parser("measure")
+    m.add_argument("prior", choices=PRIORS)
+    m.set_defaults(func=cmd_measure)
     args = p.parse_args(argv)
     torch.set_num_threads(getattr(args, "threads", 1))
     return args.func(args)

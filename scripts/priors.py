@@ -94,10 +94,12 @@ def _phantoms(complex_valued: bool, size: int = 32, pool: int = 4096, refresh: i
                      f"{what}, pool {pool} refreshed {refresh}/100 steps, random flips", batches)
 
 
-def prior_data(name: str) -> PriorData:
-    """The :class:`PriorData` of bundled prior ``name``."""
+def prior_data(name: str, size: int | None = None) -> PriorData:
+    """The :class:`PriorData` of bundled prior ``name`` (``size``: the phantoms' side, default 32)."""
     if name == "digits":
+        if size not in (None, 16):
+            raise ValueError("the digits prior is 16x16 (the sklearn digits are 8x8 upsampled twice)")
         return _digits()
     if name in ("phantoms", "phantoms-complex"):
-        return _phantoms(name == "phantoms-complex")
+        return _phantoms(name == "phantoms-complex", size=size or 32)
     raise ValueError(f"unknown prior {name!r}: choose from {PRIORS}")

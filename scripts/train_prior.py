@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ckpt", type=Path, default=None, help="checkpoint folder (default: checkpoints/<prior>)")
     p.add_argument("--export-every", type=float, default=None, help="minutes between exports of the EMA weights")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cuda for the GPU recipe (with e.g. --size 64 --widths 64,128,128)")
+    p.add_argument("--size", type=int, default=None, help="image size of the phantom priors (default 32)")
+    p.add_argument("--widths", default=None, help="UNet block widths, e.g. 64,128,128 (default: the recipe's)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     args = p.parse_args(argv)
     if args.steps is None and args.minutes is None:
@@ -50,8 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = prior_data(args.prior)
+    data = prior_data(args.prior, size=args.size)
     overrides = dict(RECIPES[args.recipe])
+    if args.widths:
+        widths = tuple(int(w) for w in args.widths.split(","))
+        overrides["block_out_channels"] = widths
+        overrides["attention"] = (False,) * (len(widths) - 1) + (True,)  # attention at the coarsest level only
     for key in ("batch_size", "lr"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
@@ -61,9 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(name=args.prior, sample_size=data.sample_size, in_channels=data.in_channels,
                       seed=args.seed, total_steps=args.steps, data=data.description,
                       init_from=args.init_from, notes={"recipe": args.recipe}, **overrides)
-    train_ddpm(cfg, data.batches(cfg.batch_size), args.out or Path("runs/train") / args.prior,
-               args.ckpt or Path("checkpoints") / args.prior, minutes=args.minutes, resume=not args.fresh,
-               export_every_min=args.export_every, log=lambda m: print(m, flush=True))
+    try:
+        train_ddpm(cfg, data.batches(cfg.batch_size), args.out or Path("runs/train") / args.prior,
+                   args.ckpt or Path("checkpoints") / args.prior, minutes=args.minutes, resume=not args.fresh,
+                   export_every_min=args.export_every, log=lambda m: print(m, flush=True), device=args.device)
+    except ValueError as exc:  # a checkpoint of another run, a bad init folder: the user's to fix
+        print(f"train_prior: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -156,7 +156,9 @@ def test_sweep_on_a_pipeline_folder_with_reports(tmp_path, tiny_pipe):
     real = ev.quantize_uint8(torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1)
     ref_path = tmp_path / "ref.npz"
     np.save(tmp_path / "real.npy", real.numpy())
-    assert cli.main(["stats", str(tmp_path / "real.npy"), "--out", str(ref_path), "--extractor", "random-conv"]) == 0
+    assert cli.main(["stats", str(tmp_path / "real.npy"), "--out", str(ref_path), "--extractor", "random-conv",
+                     "--features"]) == 0
+    assert (tmp_path / "ref.features.npz").is_file()
     cfg = SweepConfig(out=str(tmp_path / "run"), models=(str(model_dir),), samplers=("ddim", "lml-ddim"), nfe=(2, 3),
                       num_samples=24, batch_size=8, shard_size=12, extractor="random-conv", ref_stats=str(ref_path),
                       kappa=1e-3, progress=False, grid_samples=4)
@@ -166,12 +168,16 @@ def test_sweep_on_a_pipeline_folder_with_reports(tmp_path, tiny_pipe):
     for r in rows:
         assert r["num_samples"] == 24 and r["nfe_measured"] == r["nfe"] and np.isfinite(r["fid"]) and r["fid"] > 0
         assert r["seconds_per_sample"] > 0 and r["metric"] == "domain-fid"
+        # default metrics fid,kid: every cell has both with standard errors (KID subsets capped at N = 24)
+        assert r["fid_se"] > 0 and np.isfinite(r["kid"]) and r["kid_se"] > 0 and r["kid_subset_size"] == 24
     assert rows[2]["kappa"] == 1e-3 and rows[0]["kappa"] is None
     out = Path(cfg.out)
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
     assert {"model", "sampler", "nfe", "seed", "fid", "seconds_per_sample"} <= set(header)
     assert len(json.loads((out / "results.json").read_text())) == 4
-    assert "| ddim |" in (out / "results.md").read_text()
+    md_text = (out / "results.md").read_text()
+    assert "| ddim |" in md_text and " ± " in md_text and "— KID" in md_text
+    assert (out / "kid_vs_nfe.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "fid_vs_nfe.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list((out / "grids").glob("*.png"))) == 2
     # the FID of a cell equals the FID of its stored features against the reference (nothing lost or doubled)
@@ -211,7 +217,9 @@ def test_cli_stats_and_fid_on_image_folder(tmp_path, capsys):
     stats = tmp_path / "s.npz"
     cli.main(["stats", str(tmp_path / "imgs"), "--out", str(stats), "--extractor", "random-conv"])
     cli.main(["fid", str(tmp_path / "imgs"), str(stats), "--extractor", "random-conv"])
-    assert float(capsys.readouterr().out.strip().splitlines()[-1].split()[-1]) == pytest.approx(0.0, abs=1e-6)
+    line = capsys.readouterr().out.strip().splitlines()[-1]  # "FID: value ± se (standard error: ...)"
+    assert line.startswith("FID: ") and " ± " in line
+    assert float(line.split()[1]) == pytest.approx(0.0, abs=1e-6) and float(line.split()[3]) > 0
     with pytest.raises(FileNotFoundError):
         cli.load_images(str(tmp_path / "nope"))
 
@@ -297,3 +305,5 @@ def test_two_accelerate_processes_match_one(tmp_path):
     np.testing.assert_allclose(s2.sigma, s1.sigma, rtol=0, atol=1e-12)
     # FID: with N=200 < d=256, Σ is singular and √eig of its ~0 eigenvalues turns 1e-16 rounding into ~1e-8
     assert r2["fid"] == pytest.approx(r1["fid"], rel=1e-6)
+    # the other metrics read the same stored features (rank 0 computes them after the barrier): identical values
+    assert r2["kid"] == r1["kid"] and r2["kid_se"] == r1["kid_se"] and r2["fid_se"] == pytest.approx(r1["fid_se"], rel=1e-6)

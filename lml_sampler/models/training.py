@@ -105,7 +105,7 @@ def build_unet(cfg: TrainConfig):
         down_block_types=down,
         up_block_types=up,
         norm_num_groups=cfg.norm_num_groups,  # diffusers' default 32 groups would make GroupNorm per-channel here
-        attention_head_dim=32,
+        attention_head_dim=min(32, cfg.block_out_channels[-1]),
     )
 
 
@@ -139,17 +139,37 @@ def export_pipeline(unet, cfg: TrainConfig, out: str | Path, info: dict) -> None
     from diffusers import DDPMPipeline
 
     with atomic_folder(out) as tmp:
-        DDPMPipeline(unet=unet, scheduler=build_scheduler(cfg)).save_pretrained(tmp, safe_serialization=True)
+        cpu_copy = copy.deepcopy(unet).to("cpu")
+        DDPMPipeline(unet=cpu_copy, scheduler=build_scheduler(cfg)).save_pretrained(tmp, safe_serialization=True)
         (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
 def _load_unet_weights(unet, folder: str | Path) -> None:
+    """Load UNet weights from an exported pipeline (``unet/``) or a checkpoint folder (``model.safetensors``).
+
+    A source with another number of image channels (a 1-channel magnitude prior starting a 2-channel complex
+    one) is adapted: the input convolution is tiled over the new channels and scaled so that the activations keep
+    their size, the output convolution is tiled; every other tensor must match exactly.
+    """
     from safetensors.torch import load_file
 
     path = Path(folder) / "unet" / "diffusion_pytorch_model.safetensors"
     if not path.is_file():
         path = Path(folder) / "model.safetensors"
-    unet.load_state_dict(load_file(path))
+    source, target = load_file(path), unet.state_dict()
+    for key, value in source.items():
+        want = target[key].shape
+        if value.shape == want:
+            continue
+        if key == "conv_in.weight" and value.shape[0] == want[0]:
+            reps = -(-want[1] // value.shape[1])
+            source[key] = value.repeat(1, reps, 1, 1)[:, : want[1]] * (value.shape[1] / want[1])
+        elif key in ("conv_out.weight", "conv_out.bias"):
+            reps = -(-want[0] // value.shape[0])
+            source[key] = value.repeat(reps, *([1] * (value.ndim - 1)))[: want[0]]
+        else:
+            raise ValueError(f"init_from={folder}: {key} has shape {tuple(value.shape)}, this model needs {tuple(want)}")
+    unet.load_state_dict(source)
 
 
 def train_ddpm(
@@ -161,6 +181,7 @@ def train_ddpm(
     resume: bool = True,
     export_every_min: float | None = None,
     log: Callable[[str], None] = print,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """Train until ``cfg.total_steps`` or ``minutes`` of training time (both counted over resumed runs).
 
@@ -171,6 +192,8 @@ def train_ddpm(
         ckpt_dir: folder of the checkpoints (see the module docstring).
         minutes: training-time budget; ``None`` runs to ``cfg.total_steps``.
         resume: continue from ``ckpt_dir`` when it holds a run of the same configuration.
+        device: where the model trains (``"cuda"`` on a GPU). Batches, noise and timesteps are drawn on the CPU
+            from the run's generator and moved, so a run's data stream does not depend on the device.
 
     Returns the ``training.json`` dict of the final export.
     """
@@ -214,6 +237,13 @@ def train_ddpm(
         gen.manual_seed(cfg.seed + 1 + state["step"])
         log(f"[{cfg.name}] resumed from the portable state at step {state['step']} (optimizer re-warmed)")
 
+    unet.to(device)
+    ema.to(device)
+    if resume and full.is_file():  # optimizer moments were loaded on the CPU
+        for moments in opt.state.values():
+            for k, v in moments.items():
+                if isinstance(v, torch.Tensor) and k != "step":
+                    moments[k] = v.to(device)
     n_params = sum(p.numel() for p in unet.parameters())
     sched = build_scheduler(cfg)
     alphas_cumprod = sched.alphas_cumprod.to(torch.float32)
@@ -229,7 +259,8 @@ def train_ddpm(
             "loss_ema_note": "exponential moving average (decay 0.99) of the per-step weighted training loss",
             "params": n_params,
             "samples_seen": state["step"] * cfg.batch_size,
-            "hardware": f"CPU, {torch.get_num_threads()} thread(s)",
+            "hardware": (f"CPU, {torch.get_num_threads()} thread(s)" if torch.device(device).type == "cpu"
+                         else torch.cuda.get_device_name(torch.device(device))),
             "torch": torch.__version__,
             "config": asdict(cfg),
             "loss_history": state["history"][-200:],
@@ -237,7 +268,8 @@ def train_ddpm(
 
     def save_checkpoints() -> None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        payload = {"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+        payload = {"model": {k: v.cpu() for k, v in unet.state_dict().items()},
+                   "ema": {k: v.cpu() for k, v in ema.state_dict().items()}, "optimizer": opt.state_dict(),
                    "state": state, "gen_state": gen.get_state(), "torch_rng": torch.get_rng_state(),
                    "config": asdict(cfg)}
         with atomic_open(full) as fh:
@@ -245,7 +277,7 @@ def train_ddpm(
         from safetensors.torch import save as safetensors_bytes
 
         with atomic_open(ckpt_dir / "model.safetensors") as fh:
-            fh.write(safetensors_bytes({k: v.contiguous() for k, v in unet.state_dict().items()}))
+            fh.write(safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}))
         atomic_write_json(portable, {"config": asdict(cfg), "state": state})
 
     budget_s = None if minutes is None else minutes * 60
@@ -260,8 +292,9 @@ def train_ddpm(
         t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), generator=gen)
         a = alphas_cumprod[t]
         xt = a.sqrt().view(-1, 1, 1, 1) * x0 + (1 - a).sqrt().view(-1, 1, 1, 1) * noise
+        xt, t, noise = xt.to(device), t.to(device), noise.to(device)
         per_sample = (unet(xt, t).sample - noise).pow(2).flatten(1).mean(1)
-        loss = (loss_weights(cfg, a) * per_sample).mean()
+        loss = (loss_weights(cfg, a).to(device) * per_sample).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -8,12 +8,15 @@ DPM-Solver: the solver increment; flow matching: the velocity).
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from ..math.lm import LM_FORMULAS, check_lm_params, lm_correct
 from ..math.lowrank import gamma_to_lamb, lm_direction
+from ..math.reductions import per_sample
+from ..validation import check_float, check_fraction, check_int, check_num_inference_steps
 
 LM_CONFIG_DEFAULTS: dict[str, object] = {
     "lamb": 1.0,
@@ -86,6 +89,13 @@ def same_signature_as(parent_method: Callable) -> Callable:
     return decorate
 
 
+def requested_steps(parent_set_timesteps: Callable, scheduler, args: tuple, kwargs: dict) -> int | None:
+    """The ``num_inference_steps`` a ``set_timesteps(*args, **kwargs)`` call asks the parent for (None when the
+    call passes explicit ``timesteps=``/``sigmas=`` instead)."""
+    bound = inspect.signature(parent_set_timesteps).bind(scheduler, *args, **kwargs)
+    return bound.arguments.get("num_inference_steps")
+
+
 def split_lm_kwargs(kwargs: dict) -> dict:
     """Remove the LM config kwargs from ``kwargs`` (in place) before it goes to the parent's ``__init__``.
 
@@ -94,29 +104,72 @@ def split_lm_kwargs(kwargs: dict) -> dict:
     return {name: kwargs.pop(name) for name in LM_CONFIG_DEFAULTS if name in kwargs}
 
 
+@dataclass(frozen=True)
+class LMSettings:
+    """The validated LM configuration a scheduler samples with: exactly the values its config saves.
+
+    diffusers configs are meant to be read-only, but ``scheduler.config.kappa = x`` silently sets an attribute that
+    ``save_pretrained`` ignores. :meth:`from_config` reads the saved entries and refuses such a write, so sampling and
+    saving can never disagree.
+    """
+
+    lamb: float
+    kappa: float
+    lm: bool
+    freeze: float
+    lm_formula: str
+    lm_rank: int
+    lm_gamma: float | None
+
+    @classmethod
+    def from_config(cls, config) -> "LMSettings":
+        values = {}
+        for key in LM_CONFIG_DEFAULTS:
+            saved = config[key]
+            shown = getattr(config, key, saved)
+            if shown is not saved and shown != saved:
+                raise ValueError(
+                    f"scheduler.config.{key} was set to {shown!r} after the scheduler was built with {key}={saved!r} "
+                    f"(which is what save_pretrained writes); configs are read-only: build a new scheduler with "
+                    f"SchedulerClass.from_config(scheduler.config, {key}={shown!r})"
+                )
+            values[key] = saved
+        check_lm_params(values["lamb"], values["kappa"], values["lm_formula"])
+        check_int(values["lm_rank"], "lm_rank", minimum=1)
+        check_fraction(values["freeze"], "freeze")
+        if not isinstance(values["lm"], bool):
+            raise TypeError(f"lm must be a bool, got {values['lm']!r}")
+        if values["lm_gamma"] is not None:
+            check_float(values["lm_gamma"], "lm_gamma", positive=True)
+            if values["kappa"] == 0:
+                raise ValueError("lm_gamma needs kappa > 0, but kappa is 0 (at κ = 0 the correction is the identity "
+                                 "and γ = κ‖v‖²/λ cannot be set): pass e.g. kappa=1e-3 with lm_gamma")
+        if values["lm_formula"] == "official" and (values["lm_rank"] != 1 or values["lm_gamma"] is not None):
+            raise ValueError("lm_formula='official' is the released rank-1 (λ, κ) operator: use lm_rank=1, "
+                             "lm_gamma=None")
+        return cls(**values)
+
+
 class LMStateMixin:
-    """Per-run LM state (the previous pre-correction vector) and the gate that decides whether a step is corrected."""
+    """Per-run LM state (the previous pre-correction vector), the validated settings, and the gate that decides
+    whether a step is corrected. The settings are re-read at every ``set_timesteps``."""
 
     _lm_history: list[torch.Tensor] = []
 
     def _init_lm(self) -> None:
-        config = self.config
-        check_lm_params(config.lamb, config.kappa, config.lm_formula)
-        if not isinstance(config.lm_rank, int) or isinstance(config.lm_rank, bool) or config.lm_rank < 1:
-            raise ValueError(f"lm_rank must be an int >= 1 (the number of previous vectors), got {config.lm_rank!r}")
-        if config.lm_gamma is not None:
-            gamma_to_lamb(torch.ones(1, 1), config.kappa or float("nan"), config.lm_gamma)  # validates γ and κ
-        if config.lm_formula == "official" and (config.lm_rank != 1 or config.lm_gamma is not None):
-            raise ValueError("lm_formula='official' is the released rank-1 (λ, κ) operator: use lm_rank=1, lm_gamma=None")
-        freeze = self.config.freeze
-        if not isinstance(freeze, (int, float)) or not 0.0 <= freeze <= 1.0:
-            raise ValueError(f"freeze must be a fraction in [0, 1] of the noisiest steps left uncorrected, got {freeze!r}")
-        if not isinstance(self.config.lm, bool):
-            raise TypeError(f"lm must be a bool, got {self.config.lm!r}")
+        self._lm = LMSettings.from_config(self.config)
         self._lm_history = []
 
-    def _reset_lm_state(self) -> None:
+    def _reset_lm_state(self, num_inference_steps=None) -> None:
+        """Called by ``set_timesteps``: validate the step count and the settings, forget the previous run."""
+        if num_inference_steps is not None:
+            check_num_inference_steps(num_inference_steps, self._max_inference_steps())
+        self._lm = LMSettings.from_config(self.config)
         self._lm_history = []
+
+    def _max_inference_steps(self) -> int | None:
+        """The largest step count the parent can honour (None: any)."""
+        return self.config.num_train_timesteps
 
     @property
     def lm_engaged(self) -> bool:
@@ -124,29 +177,40 @@ class LMStateMixin:
 
         The stable formula at κ = 0 is the identity, so those runs skip all LM work and equal the parent bit for bit.
         """
-        return self.config.lm and (self.config.kappa > 0 or self.config.lm_formula == "official")
+        lm = self._lm
+        return lm.lm and (lm.kappa > 0 or lm.lm_formula == "official")
 
-    def _is_frozen(self, step_index: int) -> bool:
-        n = len(self.timesteps)
-        return step_index < self.config.freeze * n
+    def _is_frozen(self, step_index: int, timestep=None) -> bool:
+        """Stable rule: step i of the N set by ``set_timesteps`` is corrected when i >= freeze·N (docs/lml.md §8)."""
+        return step_index < self._lm.freeze * len(self.timesteps)
 
-    def _lm_correct(self, v: torch.Tensor, step_index: int) -> torch.Tensor | None:
+    def _lm_correct(self, v: torch.Tensor, step_index: int, timestep=None) -> torch.Tensor | None:
         """Return LM(v; prev), or ``None`` when this step is left unchanged; remember v as prev.
 
         The stable result is float64 (callers round once, after combining it with the parent's output); the official
         one is in ``v.dtype``, as released. The previous vector is the *pre-correction* one, stored at every step
         (frozen ones included), as in the released code.
         """
-        config = self.config
-        history, self._lm_history = self._lm_history, [v] + self._lm_history[: config.lm_rank - 1]
-        if self._is_frozen(step_index) or (not history and config.lm_formula == "stable"):
+        lm = self._lm
+        history, self._lm_history = self._lm_history, [v] + self._lm_history[: lm.lm_rank - 1]
+        if self._is_frozen(step_index, timestep) or (not history and lm.lm_formula == "stable"):
             return None
-        if config.lm_formula == "official":
-            return lm_correct(v, history[0] if history else None, lamb=config.lamb, kappa=config.kappa, formula="official")
-        if config.lm_rank == 1 and config.lm_gamma is None:
-            return lm_correct(v.double(), history[0].double(), lamb=config.lamb, kappa=config.kappa)
-        lamb = config.lamb if config.lm_gamma is None else gamma_to_lamb(v, config.kappa, config.lm_gamma)
-        return lm_direction(v, history, lamb, config.kappa)
+        if lm.lm_formula == "official":
+            return lm_correct(v, history[0] if history else None, lamb=lm.lamb, kappa=lm.kappa, formula="official")
+        if lm.lm_rank == 1 and lm.lm_gamma is None:
+            return lm_correct(v.double(), history[0].double(), lamb=lm.lamb, kappa=lm.kappa)
+        if lm.lm_gamma is None:
+            return lm_direction(v, history, lm.lamb, lm.kappa)
+        # λ = κ‖v‖²/γ per sample. A non-finite sample has no λ: it passes through unchanged (and stays non-finite),
+        # so it spoils only itself, as in plain LML, instead of the whole batch.
+        lamb = gamma_to_lamb(v, lm.kappa, lm.lm_gamma)
+        bad = ~torch.isfinite(lamb)
+        if not bool(bad.any()):
+            return lm_direction(v, history, lamb, lm.kappa)
+        out = lm_direction(torch.where(per_sample(bad, v), 0.0, v), [torch.where(per_sample(bad, p), 0.0, p)
+                                                                       for p in history],
+                           torch.where(bad, 1.0, lamb), lm.kappa)
+        return torch.where(per_sample(bad, v), v.double(), out)
 
 
-__all__ = ["LM_CONFIG_DEFAULTS", "LM_CONFIG_DOC", "LM_FORMULAS", "LMStateMixin", "extend_init_signature", "same_signature_as", "split_lm_kwargs"]
+__all__ = ["LM_CONFIG_DEFAULTS", "LM_CONFIG_DOC", "LM_FORMULAS", "LMSettings", "LMStateMixin", "extend_init_signature", "same_signature_as", "split_lm_kwargs"]

@@ -8,7 +8,14 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
 from ._ddim import ddim_alphas
-from ._lm import LM_CONFIG_DOC, LMStateMixin, extend_init_signature, same_signature_as, split_lm_kwargs
+from ._lm import (
+    LM_CONFIG_DOC,
+    LMStateMixin,
+    extend_init_signature,
+    requested_steps,
+    same_signature_as,
+    split_lm_kwargs,
+)
 
 # `DiffusionPipeline.from_pretrained` imports this module and looks up `SchedulerMixin` in its namespace to pick the
 # loader of a third-party component (docs/diffusers-integration.md §3): the import above is load-bearing.
@@ -38,8 +45,8 @@ class LMLDDIMScheduler(LMStateMixin, DDIMScheduler):
 
     @same_signature_as(DDIMScheduler.set_timesteps)
     def set_timesteps(self, *args, **kwargs) -> None:
+        self._reset_lm_state(requested_steps(DDIMScheduler.set_timesteps, self, args, kwargs))
         super().set_timesteps(*args, **kwargs)
-        self._reset_lm_state()
 
     def step(
         self,
@@ -66,7 +73,7 @@ class LMLDDIMScheduler(LMStateMixin, DDIMScheduler):
         prev_sample = out.prev_sample
         if self.lm_engaged:
             eps = self._direction_epsilon(model_output, timestep, sample, out.pred_original_sample, use_clipped_model_output)
-            corrected = self._lm_correct(eps, self._schedule_index(timestep))
+            corrected = self._lm_correct(eps, self._schedule_index(timestep), timestep)
             if corrected is not None:
                 coef = self._direction_coefficient(timestep, eta)
                 prev_sample = (prev_sample + coef * (corrected - eps)).to(prev_sample.dtype)
@@ -92,20 +99,25 @@ class LMLDDIMScheduler(LMStateMixin, DDIMScheduler):
         std_dev_t = eta * self._get_variance(int(timestep), prev_timestep) ** 0.5
         return float((1 - alpha_prod_t_prev - std_dev_t**2) ** 0.5)
 
+    def _is_frozen(self, step_index: int, timestep=None) -> bool:
+        """Official mode: the released gate, correct while timestep < T·(1 − freeze) with T the training steps.
+        Stable mode: step i of the N steps is corrected when i >= freeze·N (docs/lml.md §8)."""
+        if self._lm.lm_formula == "official":
+            return not int(timestep) < self.config.num_train_timesteps * (1.0 - self._lm.freeze)
+        return super()._is_frozen(step_index)
+
     def _schedule_index(self, timestep: int | torch.Tensor) -> int:
         """Position of `timestep` in the schedule: DDIM keeps no step counter, and its timesteps are distinct.
 
-        Only `freeze` reads the position, so without it the lookup (a host sync on accelerators) is skipped and 0,
-        which no gate with freeze = 0 freezes, stands in.
+        Only the stable `freeze` rule reads the position, so without it the lookup (a host sync on accelerators) is
+        skipped and 0, which no gate with freeze = 0 freezes, stands in.
         """
-        if self.config.freeze == 0:
+        if self._lm.freeze == 0 or self._lm.lm_formula == "official":
             return 0
         hits = (self.timesteps == int(timestep)).nonzero()
         if len(hits) == 0:
-            if self.config.freeze > 0:
-                raise ValueError(
-                    f"timestep {int(timestep)} is not in the schedule set by set_timesteps(); `freeze` needs the "
-                    "position of each step, so step through `scheduler.timesteps` or use freeze=0"
-                )
-            return len(self.timesteps)
+            raise ValueError(
+                f"timestep {int(timestep)} is not in the schedule set by set_timesteps(); `freeze` needs the "
+                "position of each step, so step through `scheduler.timesteps` or use freeze=0"
+            )
         return int(hits[0])

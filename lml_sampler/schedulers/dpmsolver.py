@@ -8,7 +8,14 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, SchedulerMixin  # noqa: F401  (SchedulerMixin: see ddim.py)
 from diffusers.configuration_utils import register_to_config
 
-from ._lm import LM_CONFIG_DOC, LMStateMixin, extend_init_signature, same_signature_as, split_lm_kwargs
+from ._lm import (
+    LM_CONFIG_DOC,
+    LMStateMixin,
+    extend_init_signature,
+    requested_steps,
+    same_signature_as,
+    split_lm_kwargs,
+)
 
 
 class LMLDPMSolverMultistepScheduler(LMStateMixin, DPMSolverMultistepScheduler):
@@ -36,8 +43,8 @@ class LMLDPMSolverMultistepScheduler(LMStateMixin, DPMSolverMultistepScheduler):
 
     @same_signature_as(DPMSolverMultistepScheduler.set_timesteps)
     def set_timesteps(self, *args, **kwargs) -> None:
+        self._reset_lm_state(requested_steps(DPMSolverMultistepScheduler.set_timesteps, self, args, kwargs))
         super().set_timesteps(*args, **kwargs)
-        self._reset_lm_state()
 
     def _lm_update(self, update: Callable[..., torch.Tensor], *args, sample=None, noise=None, **kwargs) -> torch.Tensor:
         x_t = update(*args, sample=sample, noise=noise, **kwargs)

@@ -7,7 +7,14 @@ from diffusers import FlowMatchEulerDiscreteScheduler, SchedulerMixin  # noqa: F
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
 
-from ._lm import LM_CONFIG_DOC, LMStateMixin, extend_init_signature, same_signature_as, split_lm_kwargs
+from ._lm import (
+    LM_CONFIG_DOC,
+    LMStateMixin,
+    extend_init_signature,
+    requested_steps,
+    same_signature_as,
+    split_lm_kwargs,
+)
 
 
 class LMLFlowMatchEulerDiscreteScheduler(LMStateMixin, FlowMatchEulerDiscreteScheduler):
@@ -31,8 +38,11 @@ class LMLFlowMatchEulerDiscreteScheduler(LMStateMixin, FlowMatchEulerDiscreteSch
 
     @same_signature_as(FlowMatchEulerDiscreteScheduler.set_timesteps)
     def set_timesteps(self, *args, **kwargs) -> None:
+        self._reset_lm_state(requested_steps(FlowMatchEulerDiscreteScheduler.set_timesteps, self, args, kwargs))
         super().set_timesteps(*args, **kwargs)
-        self._reset_lm_state()
+
+    def _max_inference_steps(self) -> int | None:
+        return None  # continuous σ: any number of steps is a valid schedule
 
     @same_signature_as(FlowMatchEulerDiscreteScheduler.step)
     def step(
@@ -50,7 +60,10 @@ class LMLFlowMatchEulerDiscreteScheduler(LMStateMixin, FlowMatchEulerDiscreteSch
         if self.lm_engaged and not isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)):
             if self.step_index is None:
                 self._init_step_index(timestep)
-            corrected = self._lm_correct(model_output, self.step_index)
+            # The released flow-matching code upcasts the velocity to float32 before its (official) correction.
+            official = self._lm.lm_formula == "official"
+            v = model_output.to(torch.promote_types(model_output.dtype, torch.float32)) if official else model_output
+            corrected = self._lm_correct(v, self.step_index)
             if corrected is not None:
                 velocity = corrected.to(torch.promote_types(model_output.dtype, torch.float32))
         out = super().step(

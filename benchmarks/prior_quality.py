@@ -1,7 +1,7 @@
 """Sample-quality measurements of the bundled priors, the yardstick of ``docs/training.md``.
 
-    python -m scripts.prior_quality digits lml_sampler/models/weights/digits
-    python -m scripts.prior_quality phantoms runs/recipes/phantoms/min-snr-cosine/pipeline
+    python -m benchmarks.prior_quality digits lml_sampler/models/weights/digits
+    python -m benchmarks.prior_quality phantoms runs/recipes/phantoms/min-snr-cosine/pipeline
 
 Every measurement samples with DPM-Solver++ 2M at 20 steps (the solver users run), seed set 0, per-index seeds:
 
