@@ -277,7 +277,8 @@ def test_best_stock_is_the_minimum_over_every_discretisation(tmp_path):
     ok, parts = report.targets(list(cells.values()), {"gmm": res})
     assert not ok and "not met" in parts[0]
     md = report.markdown({"gmm": res}, quick=False, plot_link="x.png")
-    assert "**Targets not met.**" in md.split("**Verdict**")[1].split("\n\n")[1]
+    assert md.startswith("**The LML targets are not met**") and "GMM 1.40× / 1.12×" in md.split("\n")[0]
+    assert "- empirical digits: not run." in md and "(not run: NFE 6, 8, 15, 20)" in md
     assert "`dpm++2m-lu`" in md and "lml-dpm++2m-lu@kappa=0.001:lm_gamma=0.05" in md
     unstable, never = report.instabilities(res)
     # Karras beats linspace at NFE 5 and diverges at NFE 10: reported, not hidden
@@ -380,3 +381,44 @@ def test_lml_on_a_diverging_parent_is_stored_as_diverged_and_other_errors_propag
     message["text"] = "a bug, not a divergence"
     with pytest.raises(ValueError, match="a bug"):
         runner.compute_cell(bench, converging, 10, 1)
+
+
+def test_report_seed_sets_run_only_the_families_chosen_on_seed_set_0(tmp_path):
+    store, key = CellStore(tmp_path), "gmm"
+    bases = ("dpm++2m-linspace", "dpm++2m-karras", "dpm++2m-lu", "ddim-trailing")
+    specs = [gamma_specs("quick", (b,))[0] for b in bases] + langevin_specs("quick", ("dpm++2m-linspace",))
+    for i, spec in enumerate(specs):  # seed-0 value = position: the first base is the best
+        store.cell(runner.cell_key(key, spec.id, 5, TUNE_SEED)).save({"value": float(i)})
+    chosen = runner.select(store, key, (5,), specs)
+    everything = runner.report_families(store, key, chosen, 5, None)
+    assert sorted(everything) == sorted({s.family for s in specs})
+    top = runner.report_families(store, key, chosen, 5, 1)
+    # the best LML (which is also the best deterministic and on a default discretisation), the best LM corrector,
+    # the isotropic control; not the other γ families
+    assert top == ["gamma:dpm++2m-linspace", "langevin-lm:dpm++2m-linspace", "langevin-iso:dpm++2m-linspace"]
+
+
+def test_runs_restricted_to_some_nfes_add_up_in_the_meta(tmp_path, monkeypatch):
+    bench = GaussianBenchmark.build(quick=True)
+    bench.n, bench.stock, bench.official = 4, ("ddim-trailing", "dpm++2m-linspace"), ()
+    bench.nfes = bench.tune_nfes = (5, 6)
+    bench.grid_level = "quick"
+    calls = []
+
+    def counting(bench, spec, nfe, seed):
+        calls.append((spec.id, nfe, seed))
+        return {"value": 1.0 + nfe / 100}
+
+    monkeypatch.setattr(runner, "compute_cell", counting)
+    monkeypatch.setattr(runner, "ensure_band_diagnostic", lambda *a: None)
+
+    def meta():
+        return runner.RunMeta.from_json(json.loads((tmp_path / "gaussian" / "meta.json").read_text()))
+
+    runner.run_benchmark(tmp_path, bench, (0, 1), log=False, nfes=(5,), report_top=1)
+    assert {n for _, n, s in calls if s == 1} == {5}  # report seed set: NFE 5 only
+    assert (meta().nfes, meta().tune_nfes, meta().report_top) == ((5,), (5,), 1)
+    calls.clear()
+    runner.run_benchmark(tmp_path, bench, (0, 1), log=False, nfes=(6,), report_top=1)
+    assert calls and {n for _, n, s in calls if s == 1} == {6}  # NFE 5 is stored: only NFE 6 runs
+    assert (meta().nfes, meta().tune_nfes) == ((5, 6), (5, 6))

@@ -1,6 +1,11 @@
 """Does LML help? Run the error-vs-NFE study of the LML variants and regenerate its README sections.
 
     python -m benchmarks.lml_verdict [--quick] [--report-only] [--out DIR] [--no-readme] [--benchmarks LIST]
+                                     [--nfes LIST] [--report-top K] [--shard I/N]
+
+``--nfes`` runs only some NFEs (successive runs add up in the cell store, so a long study can run in priority
+order: 5,10 first); ``--report-top K`` runs only the K best families by seed set 0 on the report seed sets;
+``--shard I/N`` is the I-th of N processes that share the cells (each ensures all of them, its own share first).
 
 Only a full run (neither ``--quick`` nor ``--no-readme``) writes into the repository: the README sections ``verdict``
 and ``recommended`` (through ``benchmarks/recommended/lml_verdict.json``) and ``docs/images/lml_verdict*.png``.
@@ -23,7 +28,7 @@ from benchmarks.recommended import publish
 from .benchmarks import BENCHMARKS
 from .report import markdown, recommendations, write_plots
 from .runner import collect_all, run_benchmark
-from .specs import REPORT_SEEDS, TUNE_SEED
+from .specs import NFES, REPORT_SEEDS, TUNE_SEED
 
 
 def _fail(message: str) -> None:
@@ -37,6 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=None, help="cell folder (default runs/lml_verdict[_quick])")
     ap.add_argument("--benchmarks", default=",".join(BENCHMARKS),
                     help="comma-separated subset of " + ",".join(BENCHMARKS))
+    ap.add_argument("--nfes", default=None, help="comma-separated NFEs to run this time (default: all)")
+    ap.add_argument("--report-top", type=int, default=None,
+                    help="report seed sets: only the K best families by seed set 0 (default: every family)")
+    ap.add_argument("--shard", default="0/1", help="I/N: this is process I of N sharing the cell store")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the README sections and plots")
     ap.add_argument("--no-readme", action="store_true", help="do not touch the repository (print the section)")
     args = ap.parse_args(argv)
@@ -44,6 +53,20 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         _fail(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    try:
+        nfes = None if args.nfes is None else tuple(int(n) for n in args.nfes.split(",") if n.strip())
+    except ValueError:
+        _fail(f"--nfes must be comma-separated integers, got {args.nfes!r}")
+    if nfes is not None and (not nfes or any(n not in NFES for n in nfes)):
+        _fail(f"--nfes must be a non-empty subset of {','.join(map(str, NFES))}, got {args.nfes!r}")
+    if args.report_top is not None and args.report_top < 1:
+        _fail(f"--report-top must be >= 1, got {args.report_top}")
+    try:
+        shard = tuple(int(v) for v in args.shard.split("/"))
+        if len(shard) != 2 or not 0 <= shard[0] < shard[1]:
+            raise ValueError
+    except ValueError:
+        _fail(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
     out_dir = args.out or Path("runs") / ("lml_verdict_quick" if args.quick else "lml_verdict")
     if out_dir.exists() and not out_dir.is_dir():
         _fail(f"--out {out_dir} exists and is not a folder")
@@ -62,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
             except (FileNotFoundError, OSError, ValueError) as exc:
                 print(f"[{name}] skipped: {exc}", flush=True)
                 continue
-            run_benchmark(out_dir, bench, bench.seeds or seeds)
+            run_benchmark(out_dir, bench, bench.seeds or seeds, nfes=nfes, report_top=args.report_top,
+                          shard=shard)
     results = collect_all(out_dir)
     if not results:
         _fail(f"no results under {out_dir}: run the study first")

@@ -49,7 +49,9 @@ from .specs import (
     Spec,
     chosen_bases,
     default_stock,
+    family_base,
     family_label,
+    family_method,
     gamma_specs,
     is_default,
     is_deterministic_lml,
@@ -231,12 +233,22 @@ def _log(line: str) -> None:
     tqdm.write(line)
 
 
+def shard_order(jobs: list, shard: tuple[int, int]) -> list:
+    """Shard ``i`` of ``n`` runs every ``n``-th job from the ``i``-th, then the others in reverse order: every
+    shard ensures every job, so a phase is complete when any shard leaves it, and shards that finish early help the
+    others from the far end instead of racing them for the same cells."""
+    i, n = shard
+    own = jobs[i::n]
+    return own + [j for k, j in reversed(list(enumerate(jobs))) if k % n != i]
+
+
 def run_cells(store: CellStore, bench: Benchmark, jobs: Iterable[tuple[Spec, int, int]], desc: str,
-              log: bool = True) -> None:
-    """``ensure_cell`` for every feasible (spec, NFE, seed set) of ``jobs``, with a progress bar."""
+              log: bool = True, shard: tuple[int, int] = (0, 1)) -> None:
+    """``ensure_cell`` for every feasible (spec, NFE, seed set) of ``jobs``, with a progress bar; ``shard`` (i, n)
+    orders them for the i-th of n processes sharing the cell store (:func:`shard_order`)."""
     from tqdm.auto import tqdm
 
-    todo = [(spec, nfe, seed) for spec, nfe, seed in jobs if spec.feasible(nfe)]
+    todo = shard_order([(spec, nfe, seed) for spec, nfe, seed in jobs if spec.feasible(nfe)], shard)
     for spec, nfe, seed in tqdm(todo, desc=f"{bench.name}: {desc}", unit="cell", disable=not log):
         ensure_cell(store, bench, spec, nfe, seed, log=log)
 
@@ -335,6 +347,7 @@ class RunMeta:
     official: tuple[str, ...]  # official spec ids
     lml_top: int | None
     grid: tuple[dict, ...]  # the tuned specs, as Spec.to_json()
+    report_top: int | None = None  # report seed sets: only the families of report_families (None: all)
 
     @classmethod
     def from_json(cls, data: dict) -> RunMeta:
@@ -344,37 +357,84 @@ class RunMeta:
         return [Spec.from_json(d) for d in self.grid]
 
 
-def run_benchmark(out_dir: Path, bench: Benchmark, seeds: tuple[int, ...], log: bool = True) -> None:
-    """Every cell of ``bench`` (resuming finished ones), then its ``meta.json``."""
+def report_families(store: CellStore, store_key: str, chosen: dict[tuple[str, int], Spec], tuned: int,
+                    top: int | None) -> list[str]:
+    """The families whose tuned setting at the tuned NFE ``tuned`` runs on the report seed sets: every family for
+    ``top`` None, else, ranked by their seed-0 value there, the ``top`` best LML families, the ``top`` best
+    deterministic ones, the best on a default discretisation, the best LM-preconditioned Langevin corrector and every
+    non-LML control (the isotropic corrector). Choosing on seed set 0 keeps the reported best LML free of selection
+    on the report seed sets; the best stock sampler is still the best of all of them on the report seed sets."""
+    families = [fam for fam, nfe in chosen if nfe == tuned]
+    if top is None:
+        return families
+
+    def seed0(fam: str) -> float:
+        cell = stored_result(store, cell_key(store_key, chosen[(fam, tuned)].id, tuned, TUNE_SEED))
+        return cell["value"] if cell is not None and math.isfinite(cell["value"]) else float("inf")
+
+    ranked = sorted(families, key=seed0)
+    keep = [f for f in ranked if not is_lml(f)]
+    for want, k in ((is_lml, top), (is_deterministic_lml, top), (lambda f: is_lml(f) and is_default(family_base(f)), 1),
+                    (lambda f: family_method(f) == "langevin-lm", 1)):
+        keep += [f for f in ranked if want(f)][:k]
+    return [f for f in families if f in set(keep)]
+
+
+def run_benchmark(out_dir: Path, bench: Benchmark, seeds: tuple[int, ...], log: bool = True,
+                  nfes: tuple[int, ...] | None = None, report_top: int | None = None,
+                  shard: tuple[int, int] = (0, 1)) -> None:
+    """Every cell of ``bench`` (resuming finished ones), then its ``meta.json``.
+
+    ``nfes`` restricts this run to those of ``bench.nfes`` (and tunes at their nearest tuned NFEs); successive
+    runs add up, and ``meta.json`` records the union. ``report_top`` limits the report seed sets to the families of
+    :func:`report_families`. ``shard`` lets several processes share the cells (:func:`run_cells`).
+    """
     store = CellStore(out_dir)
     key = bench.store_name
+    run_nfes = tuple(n for n in bench.nfes if nfes is None or n in nfes)
+    run_tuned = tuple(sorted({nearest(n, bench.tune_nfes) for n in run_nfes}))
+    previous = _previous_meta(out_dir / key / "meta.json", bench, report_top)
+    all_nfes = tuple(sorted(set(run_nfes) | set(previous.nfes if previous else ())))
+    all_tuned = tuple(sorted(set(run_tuned) | set(previous.tune_nfes if previous else ())))
     report = tuple(s for s in seeds if s != TUNE_SEED)
     stock = [linear_spec(n) for n in bench.stock]
     official = official_specs(bench.official)
     for seed in seeds:
         ensure_floor(store, bench, seed)
-    # 1. the stock solvers: seed set 0 at the tuned NFEs (it chooses the discretisations of the LML families),
-    #    the report seed sets at every NFE; the untuned official specs on the report seed sets
-    run_cells(store, bench, [(s, nfe, TUNE_SEED) for nfe in bench.tune_nfes for s in stock], "stock, seed 0", log)
-    run_cells(store, bench, [(s, nfe, seed) for seed in report for nfe in bench.nfes for s in stock + official],
-              "stock, report seeds", log)
+    # 1. the stock solvers: seed set 0 at every tuned NFE (it chooses the discretisations of the LML families),
+    #    the report seed sets at the run's NFEs; the untuned official specs on the report seed sets
+    run_cells(store, bench, [(s, nfe, TUNE_SEED) for nfe in bench.tune_nfes for s in stock], "stock, seed 0", log, shard)
+    run_cells(store, bench, [(s, nfe, seed) for seed in report for nfe in run_nfes for s in stock + official],
+              "stock, report seeds", log, shard)
     # 2. the tuning grid on seed set 0
     grid = lml_grid(bench, tuning_values(store, key, bench.stock, bench.tune_nfes))
-    run_cells(store, bench, [(s, nfe, TUNE_SEED) for nfe in bench.tune_nfes for s in grid], "tuning, seed 0", log)
+    run_cells(store, bench, [(s, nfe, TUNE_SEED) for nfe in run_tuned for s in grid], "tuning, seed 0", log, shard)
     # 3. the selected setting of each family on the report seed sets
-    chosen = select(store, key, bench.tune_nfes, grid)
-    families = list(dict.fromkeys(s.family for s in grid))
-    jobs = [(chosen[(fam, nearest(nfe, bench.tune_nfes))], nfe, seed) for seed in report for nfe in bench.nfes
-            for fam in families if (fam, nearest(nfe, bench.tune_nfes)) in chosen]
-    run_cells(store, bench, jobs, "tuned families, report seeds", log)
-    if isinstance(bench, GaussianBenchmark):
+    chosen = select(store, key, all_tuned, grid)
+    jobs = []
+    for nfe in run_nfes:
+        tuned = nearest(nfe, all_tuned)
+        for fam in report_families(store, key, chosen, tuned, report_top):
+            jobs += [(chosen[(fam, tuned)], nfe, seed) for seed in report]
+    run_cells(store, bench, sorted(jobs, key=lambda j: j[2]), "tuned families, report seeds", log, shard)
+    if isinstance(bench, GaussianBenchmark) and 10 in run_nfes:
         for spec in diagnostic_specs(store, bench, grid, chosen):
             ensure_band_diagnostic(store, bench, spec, 10, REPORT_SEEDS[0])
-    meta = RunMeta(title=bench.title, metric=bench.metric_label, n=bench.n, nfes=tuple(bench.nfes),
-                   tune_nfes=tuple(bench.tune_nfes), grid_level=bench.grid_level, report_seeds=report,
-                   stock=tuple(bench.stock), official=tuple(bench.official), lml_top=bench.lml_top,
-                   grid=tuple(s.to_json() for s in grid))
+    meta = RunMeta(title=bench.title, metric=bench.metric_label, n=bench.n, nfes=all_nfes, tune_nfes=all_tuned,
+                   grid_level=bench.grid_level, report_seeds=report, stock=tuple(bench.stock),
+                   official=tuple(bench.official), lml_top=bench.lml_top, grid=tuple(s.to_json() for s in grid),
+                   report_top=report_top)
     atomic_write_json(out_dir / key / "meta.json", asdict(meta))
+
+
+def _previous_meta(path: Path, bench: Benchmark, report_top: int | None) -> RunMeta | None:
+    """The meta of an earlier run of the same protocol (whose NFEs this run adds to), else None."""
+    if not path.is_file():
+        return None
+    prev = RunMeta.from_json(json.loads(path.read_text()))
+    same = (prev.n, prev.grid_level, prev.stock, prev.lml_top, prev.report_top) == (
+        bench.n, bench.grid_level, tuple(bench.stock), bench.lml_top, report_top)
+    return prev if same else None
 
 
 def diagnostic_specs(store: CellStore, bench: Benchmark, grid: list[Spec],
