@@ -81,8 +81,9 @@ def markdown(rows: list[Recommendation]) -> str:
     lines = ["Generated from the studies' results (`benchmarks/recommended/*.json`; each study's script rewrites "
              f"its own rows). **Use a good schedule first**: in {len(moved)} of {len(rows)} rows the best stock "
              "sampler does not run its solver's default time steps"
-             + (f" (it runs `{'`, `'.join(suffixes)}`)" if suffixes else "") + ". Then LML on top of that "
-             "sampler, with the setting shown, changes the error by the factor in the \"LML / stock\" column.",
+             + (f" (it runs `{'`, `'.join(suffixes)}`)" if suffixes else "") + ". The best drop-in LML "
+             "scheduler (any solver and discretisation, the setting in its name) has the error in the \"LML / "
+             "stock\" column relative to it.",
              "",
              "| model | NFE | best stock sampler | its error | LML on top (best drop-in setting) | its error | "
              "LML / stock | measured by |",

@@ -422,3 +422,14 @@ def test_runs_restricted_to_some_nfes_add_up_in_the_meta(tmp_path, monkeypatch):
     runner.run_benchmark(tmp_path, bench, (0, 1), log=False, nfes=(6,), report_top=1)
     assert calls and {n for _, n, s in calls if s == 1} == {6}  # NFE 5 is stored: only NFE 6 runs
     assert (meta().nfes, meta().tune_nfes) == ((5, 6), (5, 6))
+
+
+def test_report_seed_sets_run_the_best_stock_by_seed_set_0_and_every_default():
+    stock = [linear_spec(n) for n in ("ddim-trailing", "ddim-linspace", "dpm++2m-linspace", "dpm++2m-karras",
+                                      "dpm++2m-lu", "dpm++2m-beta")]
+    seed0 = {"ddim-linspace": {5: 3.0}, "ddim-trailing": {5: 9.0}, "dpm++2m-linspace": {5: 8.0},
+             "dpm++2m-karras": {5: 1.0}, "dpm++2m-lu": {5: float("nan")}, "dpm++2m-beta": {5: 40.0}}
+    assert runner.report_stock(seed0, stock, 5, None) == stock
+    picked = [s.id for s in runner.report_stock(seed0, stock, 5, 1)]
+    # the 2 best (a NaN ranks last), and the defaults of DDIM (trailing) and DPM-Solver++ 2M (linspace)
+    assert picked == ["ddim-trailing", "ddim-linspace", "dpm++2m-linspace", "dpm++2m-karras"]

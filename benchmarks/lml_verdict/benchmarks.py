@@ -186,8 +186,8 @@ class GMMBenchmark(Benchmark):
             name="gmm", title="Gaussian mixture: 10 diagonal components fitted to the 8×8 digits (exact score)",
             metric_label="pixel Fréchet distance to the exact mixture moments", model=gmm,
             shape=tuple(gmm.data_shape), base_config=dict(BASE_CONFIG), n=512 if quick else 2000,
-            nfes=(5, 10) if quick else NFES, tune_nfes=(5, 10) if quick else NFES,
-            grid_level="quick" if quick else "full", stock=stock_names(QUICK_SOLVERS if quick else STOCK_SOLVERS),
+            nfes=(5, 10) if quick else NFES, tune_nfes=(5, 10),
+            grid_level="quick" if quick else "reduced", stock=stock_names(QUICK_SOLVERS if quick else STOCK_SOLVERS),
             official=REDUCED_OFFICIAL, lml_top=1 if quick else 2, dim=gmm.dim, denoiser=gmm,
             truth=mixture_moments(weights.numpy(), means.numpy(), variances.numpy()),
         )
@@ -265,7 +265,7 @@ class BundledBenchmark(Benchmark):
             name="bundled", title=f"Bundled digits DDPM (trained UNet{trained})",
             metric_label="domain FID (digits-features) vs held-out test digits", model=unet,
             shape=(unet.config.in_channels, size, size), base_config=config, n=128 if quick else 256,
-            nfes=(5, 10) if quick else NFES, tune_nfes=(5, 10), grid_level="quick" if quick else "tiny",
+            nfes=(5, 10) if quick else NFES, tune_nfes=(5, 10), grid_level="quick",
             # a UNet call costs ~100x an analytic one: no Euler and no beta σ, the worst solver and the worst
             # discretisation on all three exact-score models
             stock=stock_names(QUICK_SOLVERS if quick else BUNDLED_SOLVERS, exclude=("beta",)),

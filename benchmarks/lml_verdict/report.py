@@ -443,6 +443,44 @@ def markdown(results: dict[str, BenchmarkResults], quick: bool, plot_link: str, 
     return "\n".join(lines)
 
 
+def _gain(r: float) -> str:
+    if not math.isfinite(r):
+        return "—"
+    return f"{r:.2f}× ({'helps' if r < 1 - TIE else 'hurts' if r > 1 + TIE else 'no gain'})"
+
+
+def tuning_lines(results: dict[str, BenchmarkResults]) -> list[str]:
+    """The README section ``tuning`` (inside "Read this before tuning"): what the study says to do, from its
+    numbers: how much a good discretisation buys first, then what LML adds on top of it, per model at the goal
+    NFEs."""
+    cells = [c for c in headline(results) if c.nfe in GOAL_NFES]
+    schedule, lml, default = [], [], []
+    for c in cells:
+        if c.stock.found and c.stock_default.found:
+            schedule.append(f"{SHORT[c.bench]} NFE {c.nfe}: `{c.stock_default.spec.sampler_name()}` "
+                            f"{format_value(c.stock_default.value)} → `{c.stock.spec.sampler_name()}` "
+                            f"{format_value(c.stock.value)} ({c.stock_default.value / c.stock.value:.1f}× lower)")
+        if c.stock.found and c.drop_in.found:
+            lml.append(f"{SHORT[c.bench]} NFE {c.nfe}: {short_name(c.drop_in)} {_gain(c.drop_in_ratio)}")
+        if c.stock.found and c.lml_default.found:
+            default.append((f"{SHORT[c.bench]} NFE {c.nfe}", c.lml_default.value / c.stock.value))
+    if not schedule:
+        return ["(the study has not run yet: `python -m benchmarks.lml_verdict`)"]
+    return [
+        "Measured by `python -m benchmarks.lml_verdict` (\"Does LML help?\" below; regenerated with it):",
+        "",
+        "- **Use a good schedule first.** Best stock solver on its default steps → best stock solver on its best "
+        "discretisation (`-karras` = `use_karras_sigmas=True`, `-lu` = `use_lu_lambdas=True`, `-exp` = "
+        "`use_exponential_sigmas=True`): " + "; ".join(schedule) + ".",
+        "- **Then LML on top, if at all.** Best drop-in LML scheduler (any solver and discretisation; γ tuned on "
+        "seed set 0) / best stock: " + "; ".join(lml) + ".",
+        ("- **LML does not replace the schedule.**" if all(r > 1 for _, r in default)
+         else "- **LML on default steps against a good schedule.**")
+        + " The best LML on its solver's default steps / the best stock solver on its best discretisation: "
+        + "; ".join(f"{where}: {r:.2f}×" for where, r in default) + ".",
+    ]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Recommended settings
 # ----------------------------------------------------------------------------------------------------------------------
@@ -576,4 +614,5 @@ def write_plots(results: dict[str, BenchmarkResults], folder: Path) -> dict[str,
     return paths
 
 
-__all__ = ["Cell", "headline", "instabilities", "markdown", "recommendations", "targets", "write_plots"]
+__all__ = ["Cell", "headline", "instabilities", "markdown", "recommendations", "targets", "tuning_lines",
+           "write_plots"]

@@ -52,6 +52,7 @@ from .specs import (
     family_base,
     family_label,
     family_method,
+    finite_or_inf,
     gamma_specs,
     is_default,
     is_deterministic_lml,
@@ -380,6 +381,16 @@ def report_families(store: CellStore, store_key: str, chosen: dict[tuple[str, in
     return [f for f in families if f in set(keep)]
 
 
+def report_stock(seed0: dict[str, dict[int, float]], stock: list[Spec], tuned: int, top: int | None) -> list[Spec]:
+    """The stock specs that run on the report seed sets at an NFE tuned at ``tuned``: all for ``top`` None, else the
+    ``2·top`` best by their seed-0 value there and every solver's default steps (the "default steps" column)."""
+    if top is None:
+        return stock
+    ranked = sorted(stock, key=lambda s: finite_or_inf(seed0.get(s.id, {}).get(tuned)))
+    keep = {s.id for s in ranked[:2 * top]} | {s.id for s in stock if is_default(s.id)}
+    return [s for s in stock if s.id in keep]
+
+
 def run_benchmark(out_dir: Path, bench: Benchmark, seeds: tuple[int, ...], log: bool = True,
                   nfes: tuple[int, ...] | None = None, report_top: int | None = None,
                   shard: tuple[int, int] = (0, 1)) -> None:
@@ -404,10 +415,12 @@ def run_benchmark(out_dir: Path, bench: Benchmark, seeds: tuple[int, ...], log: 
     # 1. the stock solvers: seed set 0 at every tuned NFE (it chooses the discretisations of the LML families),
     #    the report seed sets at the run's NFEs; the untuned official specs on the report seed sets
     run_cells(store, bench, [(s, nfe, TUNE_SEED) for nfe in bench.tune_nfes for s in stock], "stock, seed 0", log, shard)
-    run_cells(store, bench, [(s, nfe, seed) for seed in report for nfe in run_nfes for s in stock + official],
+    seed0 = tuning_values(store, key, bench.stock, bench.tune_nfes)
+    run_cells(store, bench, [(s, nfe, seed) for seed in report for nfe in run_nfes
+                             for s in report_stock(seed0, stock, nearest(nfe, bench.tune_nfes), report_top) + official],
               "stock, report seeds", log, shard)
     # 2. the tuning grid on seed set 0
-    grid = lml_grid(bench, tuning_values(store, key, bench.stock, bench.tune_nfes))
+    grid = lml_grid(bench, seed0)
     run_cells(store, bench, [(s, nfe, TUNE_SEED) for nfe in run_tuned for s in grid], "tuning, seed 0", log, shard)
     # 3. the selected setting of each family on the report seed sets
     chosen = select(store, key, all_tuned, grid)

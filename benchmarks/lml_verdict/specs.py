@@ -360,7 +360,7 @@ def rank_discretisations(values: dict[str, dict[int, float]], solver: str) -> li
     nfes = sorted({nfe for n in names for nfe in values[n]})
     score = {n: 0.0 for n in names}
     for nfe in nfes:
-        key = [(_finite(values[n].get(nfe)), n) for n in names]
+        key = [(finite_or_inf(values[n].get(nfe)), n) for n in names]
         for r, (_, n) in enumerate(sorted(key, key=lambda t: t[0])):
             score[n] += r / len(nfes)
     return sorted(names, key=lambda n: score[n])  # stable: ties keep the input order
@@ -373,5 +373,6 @@ def chosen_bases(ranked: list[str], solver: str, top: int | None) -> tuple[str, 
     return (default, *(others if top is None else others[:top]))
 
 
-def _finite(v: float | None) -> float:
+def finite_or_inf(v: float | None) -> float:
+    """``v``, or inf for a missing or non-finite value (ranks it last)."""
     return v if v is not None and math.isfinite(v) else float("inf")
