@@ -7,8 +7,9 @@
 order: 5,10 first); ``--report-top K`` runs only the K best families by seed set 0 on the report seed sets;
 ``--shard I/N`` is the I-th of N processes that share the cells (each ensures all of them, its own share first).
 
-Only a full run (neither ``--quick`` nor ``--no-readme``) writes into the repository: the README sections ``verdict``,
-``tuning`` and ``recommended`` (through ``benchmarks/recommended/lml_verdict.json``) and ``docs/images/lml_verdict*.png``.
+Only a full run (neither ``--quick`` nor ``--no-readme``) writes into the repository: the README sections
+``headline``, ``verdict``, ``tuning`` and ``recommended`` (through ``benchmarks/recommended/lml_verdict.json``) and
+``docs/images/lml_verdict*.png``.
 Otherwise the plots stay in the run folder and the section is printed.
 """
 
@@ -26,7 +27,7 @@ from benchmarks.readme import publish_image, update_readme_section
 from benchmarks.recommended import publish
 
 from .benchmarks import BENCHMARKS
-from .report import markdown, recommendations, tuning_lines, write_plots
+from .report import markdown, recommendations, target_sentence, tuning_lines, write_plots
 from .runner import collect_all, run_benchmark
 from .specs import NFES, REPORT_SEEDS, TUNE_SEED
 
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     md = markdown(results, args.quick, links["verdict"], links["ratio"])
     update_readme_section("verdict", md)
     update_readme_section("tuning", "\n".join(tuning_lines(results)))
+    update_readme_section("headline", target_sentence(results) + " (\"Does LML help?\" below.)")
     publish("lml_verdict", recommendations(results))
     print(md)
 

@@ -614,5 +614,5 @@ def write_plots(results: dict[str, BenchmarkResults], folder: Path) -> dict[str,
     return paths
 
 
-__all__ = ["Cell", "headline", "instabilities", "markdown", "recommendations", "targets", "tuning_lines",
-           "write_plots"]
+__all__ = ["Cell", "headline", "instabilities", "markdown", "recommendations", "target_sentence", "targets",
+           "tuning_lines", "write_plots"]
