@@ -366,8 +366,10 @@ def target_sentence(results: dict[str, BenchmarkResults]) -> str:
     """The section's first sentence: whether the targets are met, with the ratios."""
     ok, parts = targets(headline(results), results)
     goal_nfes = " and ".join(map(str, GOAL_NFES))
+    missing = [SHORT[n] for n in BENCHMARK_ORDER if n not in results]
     return (f"**The LML targets are {'met' if ok else 'not met'}**: best LML / best stock, both over every time "
-            f"discretisation, at NFE {goal_nfes} — " + "; ".join(parts) + ".")
+            f"discretisation, at NFE {goal_nfes} — " + "; ".join(parts)
+            + (f"; {', '.join(missing)}: not run" if missing else "") + ".")
 
 
 def coverage_lines(results: dict[str, BenchmarkResults]) -> list[str]:
@@ -380,17 +382,21 @@ def coverage_lines(results: dict[str, BenchmarkResults]) -> list[str]:
             continue
         m = res.meta
         missing = [n for n in NFES if n not in m.nfes]
+        ran = [n for n in m.stock if all(res.rows[f"stock:{n}"].has(nfe) for nfe in m.nfes)]
+        stock = ("every stock solver × discretisation" if len(ran) == len(m.stock) else
+                 f"{len(ran)} of the {len(m.stock)} stock solver × discretisation names (the {2 * m.report_top} best "
+                 "by seed set 0 at each NFE and every solver's default steps)")
         rows = ("every tuned family" if m.report_top is None else
                 f"the families chosen on seed set 0 (the {m.report_top} best LML and the {m.report_top} best "
                 "deterministic LML families, the best on a default discretisation, the best LM-preconditioned "
-                "corrector, the isotropic controls; every stock solver × discretisation)")
+                "corrector, the isotropic controls)")
         out.append(f"- {SHORT[name]}: NFE {', '.join(map(str, m.nfes))}"
                    + (f" (not run: NFE {', '.join(map(str, missing))})" if missing else "")
                    + f"; tuned on seed set {TUNE_SEED} at NFE {', '.join(map(str, m.tune_nfes))} "
                    f"(other NFEs take the nearest tuned NFE's setting), {m.grid_level} grid"
                    + ("" if m.lml_top is None else f", γ family on the default and the {m.lml_top} best other "
                       "discretisations of each LML parent")
-                   + f"; N = {m.n}; report seed sets {', '.join(map(str, m.report_seeds))}: {rows}.")
+                   + f"; N = {m.n}; report seed sets {', '.join(map(str, m.report_seeds))}: {rows}; {stock}.")
     return out
 
 
