@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.lml_verdict.specs import GAMMAS, KAPPA_GAMMA, RANK_GAMMAS, REPORT_SEEDS, TIE, TUNE_SEED
+from benchmarks.lml_verdict.specs import KAPPA_GAMMA, REPORT_SEEDS, TIE, TUNE_SEED
+
+#: The flow study's γ grids (rank 1; rank k): the VP verdict's full grid without its smallest γ.
+GAMMAS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+RANK_GAMMAS = (0.2, 0.5, 1.0, 2.0)
 
 __all__ = ["NFES", "QUICK_NFES", "CFG_NFES", "GUIDANCE_SCALES", "RELEASE_FLOW_LAMBDA", "FlowSpec", "stock_specs",
            "official_specs", "grid_specs", "vp_stock_specs", "vp_grid_specs", "REPORT_SEEDS", "TUNE_SEED", "TIE",

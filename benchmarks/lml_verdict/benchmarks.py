@@ -10,13 +10,19 @@
 * Empirical digits 16×16 (``EmpiricalDenoiser.digits``): domain FID with the bundled ``digits-features`` classifier
   against the training set (the truth); floor = N exact draws from the training set (§4).
 * Bundled digits DDPM (``load_pipeline("digits")``, if its weights exist): domain FID against the held-out test
-  split; floor = N training images against the test split.
+  split; floor = N training images against the test split. Its cells live under ``bundled-<weights digest>``, so
+  retrained weights start a fresh set of cells and leave the analytic benchmarks' cells alone.
+
+Each benchmark also says which stock samplers it runs (:attr:`Benchmark.stock`), which released-expression specs
+(:attr:`Benchmark.official`) and on how many discretisations per parent the γ family runs (:attr:`Benchmark.lml_top`).
 """
 
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,17 +42,41 @@ from lml_sampler.eval import (
     sample_seed,
 )
 
+from lml_sampler.sampling import sample
+
 from .estimators import full_fd, stationary_fd
-from .specs import BASE_CONFIG, FAMILY_LABELS, NFES, REPORT_SEEDS, TUNE_SEED
+from .specs import BASE_CONFIG, NFES, OFFICIAL, REPORT_SEEDS, STOCK_SOLVERS, TUNE_SEED, stock_names
 
 #: Sample index of the floors' generators: far above any sampler cell's sample indices.
 FLOOR_STREAM = 10**6
 
-#: The Gaussian runs every family (its table rows follow this order).
-ALL_FAMILIES = tuple(FAMILY_LABELS)
-#: The expensive benchmarks skip the extra solvers and the CIFAR-equivalent λ.
-REDUCED_FAMILIES = ("official-dpm", "official-dpm++2m", "gamma-dpm++2m", "gamma-ddim", "rank-dpm++2m", "rank-ddim",
-                    "langevin-lm", "langevin-iso")
+#: The solvers of the quick smoke run (every discretisation of each).
+QUICK_SOLVERS = ("ddim", "dpm++2m", "unipc")
+#: The trained model runs every stock solver but Euler (first order, last on every exact-score model).
+BUNDLED_SOLVERS = tuple(s for s in STOCK_SOLVERS if s != "euler")
+#: The released expression at κ = 0 on the analytic models other than the Gaussian (no CIFAR-equivalent λ).
+REDUCED_OFFICIAL = ("lml-off-dpm", "lml-off-dpm++2m")
+#: The files that determine the bundled digits pipeline's outputs: the cells of that benchmark are keyed on them.
+BUNDLED_FILES = ("unet/diffusion_pytorch_model.safetensors", "unet/config.json", "scheduler/scheduler_config.json")
+
+
+def weights_digest(folder) -> str:
+    """First 12 hex digits of the SHA-256 of a bundled pipeline's :data:`BUNDLED_FILES` (names and bytes)."""
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    for rel in BUNDLED_FILES:
+        h.update(rel.encode() + b"\0" + (Path(folder) / rel).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def store_name(bench_name: str) -> str:
+    """The cell-store folder of a benchmark: its name, and for the trained model the digest of its weights."""
+    if bench_name != "bundled":
+        return bench_name
+    from lml_sampler.models.bundled import bundled_path
+
+    return f"bundled-{weights_digest(bundled_path('digits'))}"
 
 
 @dataclass(kw_only=True)
@@ -67,7 +97,9 @@ class Benchmark(abc.ABC):
     nfes: tuple[int, ...]
     tune_nfes: tuple[int, ...]  # NFEs tuned on seed set 0 (others use the nearest tuned NFE)
     grid_level: str
-    families: tuple[str, ...]
+    stock: tuple[str, ...]  # stock names (solver-discretisation)
+    official: tuple[str, ...]  # ids of the released-expression specs (specs.OFFICIAL)
+    lml_top: int | None  # the γ family runs on the default and this many best other discretisations (None: all)
     dim: int
     dtype: torch.dtype = torch.float64
     seeds: tuple[int, ...] | None = None  # overrides the study's seed sets (the expensive trained model)
@@ -79,6 +111,10 @@ class Benchmark(abc.ABC):
     @abc.abstractmethod
     def floor(self, seed: int) -> dict[str, float]:
         """The metric of ``n`` exact data samples of seed set ``seed``."""
+
+    @property
+    def store_name(self) -> str:
+        return store_name(self.name)
 
     def exact_linear(self, scheduler, nfe: int) -> float | None:
         """The exact metric of a linear sampler, where the benchmark has one (else None: use the estimate)."""
@@ -100,8 +136,9 @@ class GaussianBenchmark(Benchmark):
             name="gaussian", title="Stationary Gaussian 16×16 (exact score)",
             metric_label="Fréchet distance (trace Σ = 64)", model=g, shape=tuple(g.data_shape),
             base_config=dict(BASE_CONFIG), n=512 if quick else 4096, nfes=(5, 10) if quick else NFES,
-            tune_nfes=(5, 10) if quick else NFES, grid_level="quick" if quick else "full", families=ALL_FAMILIES,
-            dim=g.dim, denoiser=g, spectrum=g.spectrum.double(),
+            tune_nfes=(5, 10) if quick else NFES, grid_level="quick" if quick else "full",
+            stock=stock_names(QUICK_SOLVERS if quick else STOCK_SOLVERS), official=tuple(OFFICIAL),
+            lml_top=1 if quick else None, dim=g.dim, denoiser=g, spectrum=g.spectrum.double(),
             truth=(torch.zeros(g.dim, dtype=torch.float64), g.covariance()),
         )
 
@@ -119,7 +156,14 @@ class GaussianBenchmark(Benchmark):
         return {"value": fd_sp, "fd_full": fd_full}
 
     def exact_linear(self, scheduler, nfe):
-        return linear_sampler_distance(self.denoiser, scheduler, nfe)
+        """The transfer-matrix FD; inf if the sampler's output is not finite (a NaN step coefficient, which a
+        linear sampler applies to every input alike, so one probe sample shows it)."""
+        probe = torch.ones(1, *self.shape, dtype=torch.float64)
+        out, _ = sample(self.denoiser, scheduler, probe, nfe)
+        if not bool(torch.isfinite(out).all()):
+            return float("inf")
+        value = linear_sampler_distance(self.denoiser, scheduler, nfe)
+        return value if math.isfinite(value) else float("inf")
 
 
 @dataclass(kw_only=True)
@@ -142,8 +186,9 @@ class GMMBenchmark(Benchmark):
             name="gmm", title="Gaussian mixture: 10 diagonal components fitted to the 8×8 digits (exact score)",
             metric_label="pixel Fréchet distance to the exact mixture moments", model=gmm,
             shape=tuple(gmm.data_shape), base_config=dict(BASE_CONFIG), n=512 if quick else 2000,
-            nfes=(5, 10) if quick else NFES, tune_nfes=(10,), grid_level="quick" if quick else "reduced",
-            families=REDUCED_FAMILIES, dim=gmm.dim, denoiser=gmm,
+            nfes=(5, 10) if quick else NFES, tune_nfes=(5, 10),
+            grid_level="quick" if quick else "reduced", stock=stock_names(QUICK_SOLVERS if quick else STOCK_SOLVERS),
+            official=REDUCED_OFFICIAL, lml_top=1 if quick else 2, dim=gmm.dim, denoiser=gmm,
             truth=mixture_moments(weights.numpy(), means.numpy(), variances.numpy()),
         )
 
@@ -186,8 +231,9 @@ class EmpiricalBenchmark(Benchmark):
             name="empirical", title="Empirical digits 16×16 (exact score of the 1438 training images)",
             metric_label="domain FID (digits-features) vs training set", model=emp, shape=tuple(emp.data_shape),
             base_config=dict(BASE_CONFIG), n=512 if quick else 2000, nfes=(5, 10) if quick else NFES,
-            tune_nfes=(10,), grid_level="quick" if quick else "reduced", families=REDUCED_FAMILIES, dim=emp.dim,
-            denoiser=emp, fid=DomainFID.against(digits_dataset(16, "train")),
+            tune_nfes=(5, 10), grid_level="quick" if quick else "reduced",
+            stock=stock_names(QUICK_SOLVERS if quick else STOCK_SOLVERS), official=REDUCED_OFFICIAL,
+            lml_top=1 if quick else 2, dim=emp.dim, denoiser=emp, fid=DomainFID.against(digits_dataset(16, "train")),
         )
 
     def evaluate(self, out, noise):
@@ -219,8 +265,11 @@ class BundledBenchmark(Benchmark):
             name="bundled", title=f"Bundled digits DDPM (trained UNet{trained})",
             metric_label="domain FID (digits-features) vs held-out test digits", model=unet,
             shape=(unet.config.in_channels, size, size), base_config=config, n=128 if quick else 256,
-            nfes=(5, 10), tune_nfes=(10,), grid_level="quick" if quick else "tiny",
-            families=("official-dpm", "gamma-dpm++2m", "rank-dpm++2m", "langevin-lm", "langevin-iso"),
+            nfes=(5, 10) if quick else NFES, tune_nfes=(5, 10), grid_level="quick",
+            # a UNet call costs ~100x an analytic one: no Euler and no beta σ, the worst solver and the worst
+            # discretisation on all three exact-score models
+            stock=stock_names(QUICK_SOLVERS if quick else BUNDLED_SOLVERS, exclude=("beta",)),
+            official=("lml-off-dpm",), lml_top=1,
             dim=unet.config.in_channels * size * size, dtype=torch.float32,
             seeds=(TUNE_SEED, REPORT_SEEDS[0]),  # a UNet forward costs ~100x an analytic one: one report seed set
             fid=DomainFID.against(digits_dataset(16, "test")), train=digits_dataset(16, "train"),

@@ -22,7 +22,7 @@ from ._lm import (
 
 
 class LMLDDIMScheduler(LMStateMixin, DDIMScheduler):
-    """[`DDIMScheduler`] whose direction term uses the LM-corrected noise prediction.
+    __doc__ = """[`DDIMScheduler`] whose direction term uses the LM-corrected noise prediction.
 
     The DDIM update is x_prev = √ᾱ_prev·x̂0(ε) + √(1 − ᾱ_prev − σ²)·ε + σz. LML replaces the ε of the direction
     term by LM(ε; ε_prev) and keeps x̂0 on the raw ε (docs/lml.md §5), so this class runs the parent's step unchanged and

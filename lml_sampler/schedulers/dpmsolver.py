@@ -19,7 +19,7 @@ from ._lm import (
 
 
 class LMLDPMSolverMultistepScheduler(LMStateMixin, DPMSolverMultistepScheduler):
-    """[`DPMSolverMultistepScheduler`] whose solver increment is LM-corrected.
+    __doc__ = """[`DPMSolverMultistepScheduler`] whose solver increment is LM-corrected.
 
     Every update of the parent (first, second and third order, for `"dpmsolver"` and `"dpmsolver++"`) has the form
     x_t = a·x_s + v, with v the increment built from the multistep history (docs/lml.md §5). The update is affine in

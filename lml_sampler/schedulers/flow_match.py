@@ -18,7 +18,7 @@ from ._lm import (
 
 
 class LMLFlowMatchEulerDiscreteScheduler(LMStateMixin, FlowMatchEulerDiscreteScheduler):
-    """[`FlowMatchEulerDiscreteScheduler`] stepping with the LM-corrected velocity.
+    __doc__ = """[`FlowMatchEulerDiscreteScheduler`] stepping with the LM-corrected velocity.
 
     The parent's step is linear in the velocity on both paths: x + (σ_next − σ)·v, and with `stochastic_sampling`
     x̂0 = x − σ·v followed by re-noising (docs/lml.md §5). So the corrected step is the parent's step fed LM(v; v_prev),

@@ -41,7 +41,7 @@ from ._family import check_same_family
 from ._lm import LM_CONFIG_DEFAULTS
 
 __all__ = ["SOLVERS", "DISCRETISATIONS", "SamplerSpec", "parse_sampler", "make_scheduler", "sampler_names",
-           "LM_KEYS"]
+           "solver_discretisations", "default_discretisation", "format_sampler", "LM_KEYS"]
 
 #: The flow-matching configuration of diffusers' multistep solvers (σ_t = t, velocity output).
 _FLOW_MULTISTEP: dict[str, Any] = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
@@ -167,18 +167,48 @@ def parse_sampler(spec: str) -> SamplerSpec:
     return parsed
 
 
+def solver_discretisations(solver: str) -> tuple[str, ...]:
+    """The discretisation suffixes that ``solver``'s class supports, in :data:`DISCRETISATIONS` order."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose from {', '.join(SOLVERS)}")
+    import diffusers
+
+    cls_name, overrides, _, _ = SOLVERS[solver]
+    accepted = _accepted_keys(getattr(diffusers, cls_name))
+    if "use_flow_sigmas" in overrides:
+        accepted |= {"shift"}  # the multistep solvers take the flow time shift as ``flow_shift`` (SamplerSpec)
+    return tuple(d for d, o in DISCRETISATIONS.items() if set(o) <= accepted)
+
+
+def default_discretisation(solver: str) -> str | None:
+    """The time spacing that ``solver`` without a suffix runs: the registry's override, else its class's default
+    ``timestep_spacing`` (``"linspace"`` for the multistep solvers, ``"trailing"`` for ``ddim``); None for a class
+    without one (flow-matching Euler)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose from {', '.join(SOLVERS)}")
+    import diffusers
+
+    cls_name, overrides, _, _ = SOLVERS[solver]
+    if "timestep_spacing" in overrides:
+        return overrides["timestep_spacing"]
+    spacing = inspect.signature(getattr(diffusers, cls_name).__init__).parameters.get("timestep_spacing")
+    return None if spacing is None else spacing.default
+
+
+def format_sampler(name: str, settings: dict[str, Any] | None = None) -> str:
+    """The sampler name :func:`parse_sampler` reads back: ``name@key=value:...`` (keys sorted; floats as ``%g``)."""
+    items = sorted((settings or {}).items())
+    text = ":".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={json.dumps(v) if isinstance(v, bool) else v}"
+                    for k, v in items)
+    return f"{name}@{text}" if text else name
+
+
 def sampler_names(include_discretisations: bool = False) -> tuple[str, ...]:
     """The sampler names without settings: every solver and its LML variant, optionally with every
     discretisation the solver's class supports."""
-    import diffusers
-
     names = []
-    for solver, (cls_name, solver_overrides, lml_cls, _) in SOLVERS.items():
-        suffixes = [None]
-        if include_discretisations:
-            accepted = _accepted_keys(getattr(diffusers, cls_name))
-            accepted |= {"shift"} if "use_flow_sigmas" in solver_overrides else set()
-            suffixes += [d for d, o in DISCRETISATIONS.items() if set(o) <= accepted]
+    for solver, (_, _, lml_cls, _) in SOLVERS.items():
+        suffixes = [None] + (list(solver_discretisations(solver)) if include_discretisations else [])
         for d in suffixes:
             base = solver if d is None else f"{solver}-{d}"
             names.append(base)
