@@ -8,6 +8,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DModel
 
 import lml_sampler.schedulers.dds as dds_module
+from benchmarks.dds_exact import gaussian_posterior_mean
 from lml_sampler.math.cg import conjugate_gradient
 from lml_sampler.models.analytic import GaussianDenoiser
 from lml_sampler.operators import (
@@ -170,31 +171,10 @@ def test_complex_data_consistency_equals_real_augmented_problem():
     assert (complex_to_real(bug) - outs[0]).norm() > 0.1 * outs[0].norm()
 
 
-def _posterior_mean(model, op, y, sigma, complex_):
-    """Closed form Σ Aᴴ (A Σ Aᴴ + σ² I)⁻¹ y by CG on the measurement-space normal equations.
-
-    Complex images are (Re, Im) channel pairs with the same Σ each (circular CN(0, 2Σ)) and noise CN(0, σ²); on the
-    real-augmented problem this is Σ_r A_rᵀ(A_r Σ_r A_rᵀ + σ²/2 I)⁻¹ y.
-    """
-    if complex_:
-        def cov(z):
-            re = model.cov_matvec(torch.cat([z.real, z.real], 1))[:, :1]
-            im = model.cov_matvec(torch.cat([z.imag, z.imag], 1))[:, :1]
-            return torch.complex(re, im)
-
-        s2 = sigma**2 / 2
-    else:
-        cov, s2 = model.cov_matvec, sigma**2
-    supp = op.measurement_support()
-    supp = 1.0 if supp is None else supp[None].to(torch.float64)
-    u, _ = conjugate_gradient(lambda v: supp * (op.A(cov(op.A_adjoint(v))) + s2 * v), y, max_iter=5000, tol=1e-13)
-    m = cov(op.A_adjoint(u))
-    return complex_to_real(m) if complex_ else m
-
-
 @pytest.mark.parametrize("case", ["ct-real", "mri-complex"])
 def test_mean_of_dds_samples_approaches_gaussian_posterior_mean(case):
-    """Exact Gaussian prior: the mean of many DDS samples against the closed-form posterior mean (docs/dds.md §4)."""
+    """Exact Gaussian prior: the mean of many DDS samples against the closed-form posterior mean (docs/dds.md §4);
+    constant γ = 1/σ² against the under-weighted γ = 1 (the noise-aware default: tests/test_dds_noise.py)."""
     n, K = 12, 200
     complex_ = case == "mri-complex"
     ch = 2 if complex_ else 1
@@ -209,7 +189,7 @@ def test_mean_of_dds_samples_approaches_gaussian_posterior_mean(case):
     g = torch.Generator().manual_seed(1)
     x = model.sample_data(1, g)
     y = add_noise(op.A(real_to_complex(x) if complex_ else x), sigma, g, support=op.measurement_support())
-    mu = _posterior_mean(model, op, y, sigma, complex_)
+    mu = gaussian_posterior_mean(model, op, y, sigma)
     errs = {}
     for gamma in (1.0 / sigma**2, 1.0):
         s = DDSScheduler(clip_sample=False)
