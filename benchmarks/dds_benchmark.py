@@ -324,30 +324,37 @@ def keep_row(r: Runner, row: str, tuned: dict) -> tuple[bool, dict]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def test_name(method: str, nfe: int, knobs: dict, suffix: str = "") -> str:
+    """Test cell names carry their knobs, so a re-tuned setting starts a new cell instead of clashing."""
+    return f"{method}__nfe{nfe}__{_tag(knobs)}{suffix}"
+
+
 def run_small(r: Runner, row: str, tuned: dict) -> None:
     plan, k = r.plan, r.plan.seeds
     fam = "fbp" if ROWS[row].task["task"].startswith("ct") else "zerofill"
     r.sv_cell(row)
     r.cell(row, "pinv", "pinv", rcond=RCOND)
     r.cell(row, fam, fam)
-    r.cell(row, "cgls", "cgls", **tuned["cgls"])
-    r.cell(row, "tv", "tv", **tuned["tv"])
+    r.cell(row, test_name("cgls", 0, tuned["cgls"]), "cgls", **tuned["cgls"])
+    r.cell(row, test_name("tv", 0, tuned["tv"]), "tv", **tuned["tv"])
     for nfe in plan.nfes:
-        r.cell(row, f"dds__nfe{nfe}", "dds", nfe, seeds=k, **tuned["dds"])
-    r.cell(row, "dds-official__nfe50", "dds", 50, seeds=k, **tuned["dds-official"])
-    r.cell(row, "dps__nfe50", "dps", 50, seeds=k, **tuned["dps"])
+        r.cell(row, test_name("dds", nfe, tuned["dds"]), "dds", nfe, seeds=k, **tuned["dds"])
+    r.cell(row, test_name("dds", 50, tuned["dds-official"]), "dds", 50, seeds=k, **tuned["dds-official"])
+    r.cell(row, test_name("dps", 50, tuned["dps"]), "dps", 50, seeds=k, **tuned["dps"])
+    hard = {"eta": tuned["dds"]["eta"], "clip": tuned["dds"]["clip"]}
     if not _noisy(row):
-        r.cell(row, "ddnm__nfe50", "ddnm", 50, seeds=k, eta=tuned["dds"]["eta"], clip=tuned["dds"]["clip"])
+        r.cell(row, test_name("ddnm", 50, hard), "ddnm", 50, seeds=k, **hard)
     if row in ABLATION_ROWS:
         for m in CG_ABLATION:
-            r.cell(row, f"dds__nfe50__M{m}", "dds", 50, seeds=k, **{**tuned["dds"], "cg_iters": m})
+            knobs = {**tuned["dds"], "cg_iters": m}
+            r.cell(row, test_name("dds", 50, knobs), "dds", 50, seeds=k, **knobs)
 
 
 def run_big(r: Runner, row: str, tuned: dict, zeta: dict) -> None:
     plan, k = r.plan, r.plan.seeds
-    r.cell(row, f"dps__nfe{plan.big_nfe}", "dps", plan.big_nfe, seeds=k, **zeta)
+    r.cell(row, test_name("dps", plan.big_nfe, zeta), "dps", plan.big_nfe, seeds=k, **zeta)
     # Timed right after the DPS cell, on the same machine load: the wall-time ratio uses this twin.
-    r.cell(row, "dds__nfe50__timing", "dds", 50, seeds=k, **tuned["dds"])
+    r.cell(row, test_name("dds", 50, tuned["dds"], "__timing"), "dds", 50, seeds=k, **tuned["dds"])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -495,12 +502,16 @@ def report(r: Runner, tuned: dict, screens: dict, zetas: dict) -> str:
     for row in kept:
         sv = r.store(None).cell(f"{row}/singular_values").result()
         fam = "fbp" if ROWS[row].task["task"].startswith("ct") else "zerofill"
+        t = tuned[row]
+        hard = {"eta": t["dds"]["eta"], "clip": t["dds"]["clip"]}
         cells = [f"{100 * sv['frac_small']:.1f}" if sv else "–",
-                 _fmt(c(row, "pinv", True)), _fmt(c(row, "cgls", True)), _fmt(c(row, "tv", True)),
-                 _fmt(c(row, fam, True)), _fmt(c(row, "dds-official__nfe50"))]
-        cells += [_fmt(c(row, f"dds__nfe{n}")) for n in plan.nfes]
-        cells += [_fmt(c(row, "dps__nfe50")), _fmt(c(row, f"dps__nfe{plan.big_nfe}")),
-                  _fmt(c(row, "ddnm__nfe50")) if not _noisy(row) else "– (noisy)"]
+                 _fmt(c(row, "pinv", True)), _fmt(c(row, test_name("cgls", 0, t["cgls"]), True)),
+                 _fmt(c(row, test_name("tv", 0, t["tv"]), True)), _fmt(c(row, fam, True)),
+                 _fmt(c(row, test_name("dds", 50, t["dds-official"])))]
+        cells += [_fmt(c(row, test_name("dds", n, t["dds"]))) for n in plan.nfes]
+        cells += [_fmt(c(row, test_name("dps", 50, t["dps"]))),
+                  _fmt(c(row, test_name("dps", plan.big_nfe, zetas[row])) if row in zetas else None),
+                  _fmt(c(row, test_name("ddnm", 50, hard))) if not _noisy(row) else "– (noisy)"]
         lines.append(f"| {ROWS[row].label} | " + " | ".join(cells) + " |")
     lines += ["", "**Chosen settings** (validation phantoms; DDS at 50 NFE, DPS per NFE).", "",
               "| task | DDS (tuned) | DDS official | DPS ζ (50 / " + str(plan.big_nfe) + ") | CG-LS iterations | TV λ |",
@@ -516,8 +527,9 @@ def report(r: Runner, tuned: dict, screens: dict, zetas: dict) -> str:
               f"right after the DPS {plan.big_nfe} cell), and the CG share of a DDS step ≤ 10 %.", ""]
     shares = []
     for row in kept:
-        d, p = c(row, "dds__nfe50"), c(row, f"dps__nfe{plan.big_nfe}")
-        twin = c(row, "dds__nfe50__timing") or d
+        d = c(row, test_name("dds", 50, tuned[row]["dds"]))
+        p = c(row, test_name("dps", plan.big_nfe, zetas[row])) if row in zetas else None
+        twin = c(row, test_name("dds", 50, tuned[row]["dds"], "__timing")) or d
         if not (d and p):
             lines.append(f"- {ROWS[row].label}: not run")
             continue
@@ -532,14 +544,14 @@ def report(r: Runner, tuned: dict, screens: dict, zetas: dict) -> str:
     if shares:
         lines.append(f"- CG share of a DDS step (tuned M, timing twins): {min(shares):.1f}–{max(shares):.1f} % "
                      f"(target ≤ 10 %: **{'met' if max(shares) <= 10 else 'not met'}**).")
-    abl = [row for row in kept if row in ABLATION_ROWS and c(row, "dds__nfe50__M0")]
+    abl = [row for row in kept if row in ABLATION_ROWS and c(row, test_name("dds", 50, {**tuned[row]["dds"], "cg_iters": 0}))]
     if abl:
         lines += ["", "**CG iterations** (DDS 50, tuned settings otherwise): PSNR and CG share of the DDS time.", "",
                   "| task | " + " | ".join(f"M={m}" for m in CG_ABLATION) + " |", "|---|" + "---|" * len(CG_ABLATION)]
         for row in abl:
             cells = []
             for m in CG_ABLATION:
-                rec = c(row, f"dds__nfe50__M{m}")
+                rec = c(row, test_name("dds", 50, {**tuned[row]["dds"], "cg_iters": m}))
                 cells.append("–" if rec is None else
                              f"{_mean(rec['psnr']):.2f} ({100 * rec['stats']['cg_seconds'] / rec['stats']['seconds']:.0f} %)")
             lines.append(f"| {ROWS[row].label} | " + " | ".join(cells) + " |")
@@ -629,28 +641,38 @@ def main(argv=None) -> int:
     r = Runner(out, plan)
     tuned, screens, zetas = {}, {}, {}
     if parts & {"small", "big"}:
-        if compute and "small" not in parts:
-            _wait_for_tuning(out, plan.rows)  # a big-only process reads the tuning the small process writes
         stored = _read_json(out / "tuned.json")
+        small = "small" in parts and compute
         for row in plan.rows:
-            known = stored.get("rows", {}).get(row)
-            tuned[row] = tune_row(r, row) if compute and "small" in parts else known
-            if tuned[row] is not None:
+            if small:
+                tuned[row] = tune_row(r, row)
                 screens[row] = keep_row(r, row, tuned[row])
+                # Written per row: a big-only process starts on a row as soon as its tuning is here.
+                atomic_write_json(out / "tuned.json", {"rows": {**stored.get("rows", {}), **tuned},
+                                                       "screens": {**stored.get("screens", {}), **screens}})
+            elif compute:
+                tuned[row] = _wait_for_tuning(out, row)
+                screens[row] = keep_row(r, row, tuned[row])
+            elif (known := stored.get("rows", {}).get(row)) is not None:
+                tuned[row] = known
+                screens[row] = keep_row(r, row, known)
+            if compute and "big" in parts and screens.get(row, (False,))[0] and not small:
+                zetas[row] = tune_big(r, row)
+                atomic_write_json(out / "tuned_big.json", {**_read_json(out / "tuned_big.json"), **zetas})
+                run_big(r, row, tuned[row], zetas[row])
         kept = [row for row in plan.rows if row in screens and screens[row][0]]
-        if "small" in parts and compute:
-            atomic_write_json(out / "tuned.json", {"rows": tuned, "screens": screens})
+        if small:
             for row in kept:
                 run_small(r, row, tuned[row])
             tuned["_defaults"] = defaults_from_tuning(r, tuned, kept)
             atomic_write_json(out / "tuned.json", {"rows": tuned, "screens": screens})
+            if "big" in parts:  # one process doing both: the large-NFE cells last
+                for row in kept:
+                    zetas[row] = tune_big(r, row)
+                    atomic_write_json(out / "tuned_big.json", {**_read_json(out / "tuned_big.json"), **zetas})
+                    run_big(r, row, tuned[row], zetas[row])
         else:
             tuned["_defaults"] = stored.get("rows", {}).get("_defaults", {})
-        if "big" in parts and compute:
-            for row in kept:
-                zetas[row] = tune_big(r, row)
-                atomic_write_json(out / "tuned_big.json", zetas)
-                run_big(r, row, tuned[row], zetas[row])
         zetas = _read_json(out / "tuned_big.json")
     sections = {}
     if "exact" in parts:
@@ -665,11 +687,12 @@ def main(argv=None) -> int:
     return 0
 
 
-def _wait_for_tuning(out: Path, rows, poll: float = 60.0) -> None:
-    """Block until ``OUT/tuned.json`` holds the tuning of every row (written by the process running ``small``)."""
-    while not all(row in _read_json(out / "tuned.json").get("rows", {}) for row in rows):
-        print(f"[{time.strftime('%H:%M:%S')}] waiting for the small part's tuning ({out / 'tuned.json'})", flush=True)
+def _wait_for_tuning(out: Path, row: str, poll: float = 60.0) -> dict:
+    """Block until ``OUT/tuned.json`` holds the tuning of ``row`` (written by the process running ``small``)."""
+    while (known := _read_json(out / "tuned.json").get("rows", {}).get(row)) is None:
+        print(f"[{time.strftime('%H:%M:%S')}] {row}: waiting for the small part's tuning", flush=True)
         time.sleep(poll)
+    return known
 
 
 def _read_json(path: Path) -> dict:

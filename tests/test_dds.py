@@ -16,6 +16,7 @@ from lml_sampler.operators import (
     MultiCoilMRI,
     ParallelBeamCT,
     RealInput,
+    SingleCoilMRI,
     add_noise,
     complex_to_real,
     real_to_complex,
@@ -316,6 +317,25 @@ def test_baselines():
     with pytest.raises(TypeError, match="ParallelBeamCT"):
         fbp_reconstruction(RealInput(MultiCoilMRI(uniform1d_mask(16, 2), simulate_coil_sensitivities(2, 16))),
                            torch.zeros(1, 2, 16, 16, dtype=torch.complex64))
+
+
+def test_pseudo_inverse_and_singular_values_match_dense_linear_algebra():
+    from lml_sampler.pipelines.baselines import pseudo_inverse, singular_values
+
+    op = ParallelBeamCT(8, sparse_view_angles(4))  # 4 × 12 = 48 measurements of 64 unknowns: a null space
+    A = torch.stack([op.A(e.reshape(1, 1, 8, 8))[0].flatten() for e in torch.eye(64, dtype=torch.float64)], 1)
+    s_ref = torch.cat([torch.linalg.svdvals(A), torch.zeros(16, dtype=torch.float64)])  # 16 null directions
+    s = singular_values(op)
+    # From the eigenvalues of AᵀA: round-off 1e-16 there is 1e-8 in a singular value.
+    assert s.shape == (64,) and torch.allclose(s, s_ref, atol=1e-7)
+    y = op.A(torch.rand(3, 1, 8, 8, dtype=torch.float64))
+    for rcond in (1e-6, 1e-3, 0.3):  # 0.3 drops part of the measured spectrum as well
+        ref = (torch.linalg.pinv(A, rtol=rcond) @ y.reshape(3, -1).T).T.reshape(3, 1, 8, 8)
+        assert torch.allclose(pseudo_inverse(op, y, rcond), ref, atol=1e-7)
+    # Complex domain: single-coil AᴴA is the projection onto the sampled k-space, so A⁺Az is that projection of z.
+    mri = SingleCoilMRI(uniform1d_mask(8, 2))
+    z = real_to_complex(torch.randn(2, 2, 8, 8, dtype=torch.float64))
+    assert torch.allclose(pseudo_inverse(mri, mri.A(z), 1e-6), mri.A_adjoint_A(z), atol=1e-12)
 
 
 def test_run_method_gives_each_method_its_own_knobs():

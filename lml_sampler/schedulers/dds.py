@@ -1,9 +1,10 @@
 """DDS: Decomposed Diffusion Sampler (Chung, Lee, Ye, ICLR 2024) as a ``DDIMScheduler`` subclass.
 
-Each ``step`` (docs/dds.md §1, §3):
+Each ``step`` (docs/dds.md §1, §3, §4):
 
 1. the parent ``DDIMScheduler.step`` computes Tweedie's ``x̂0`` (its ``pred_original_sample``) and the DDIM update
-   ``x_prev = √ᾱ_prev·x̂0 + √(1−ᾱ_prev−σ_t²)·ε̂ + σ_t·z`` with the *pre*-DC noise estimate ``ε̂``;
+   ``x_prev = √ᾱ_prev·x̂0 + √(1−ᾱ_prev−σ_t²)·ε̂ + σ_t·z`` with the *pre*-DC noise estimate ``ε̂``; ``x̂0`` is clipped
+   as the config says, or as ``clip_denoised`` of the measurement overrides it (an affine correction as well);
 2. data consistency: ``M = cg_iters`` conjugate-gradient iterations started at ``x̂0`` on
 
    * proximal, constant weight (``gamma=``): ``(I + γAᴴA) x = x̂0 + γAᴴy``  (argmin γ/2‖y−Ax‖² + ½‖x−x̂0‖²),
@@ -115,10 +116,10 @@ def _measurement_rms(operator: LinearOperator, y: torch.Tensor) -> torch.Tensor:
 class DDSScheduler(DDIMScheduler):
     """DDIM with a Krylov (conjugate-gradient) data-consistency step after every Tweedie denoising.
 
-    Use: ``set_timesteps(n)``; ``set_measurement(operator, y, gamma=..., cg_iters=5)``; then the usual
-    ``step(model_output, t, sample, eta=...)`` loop (1 NFE per step, no gradients). The measurement persists across
-    runs until :meth:`clear_measurement`; per-run diagnostics (CG iterations, CG time) are reset by
-    :meth:`set_timesteps`. All ``DDIMScheduler`` config options apply (use ``clip_sample=False`` for priors that
+    Use: ``set_timesteps(n)``; ``set_measurement(operator, y, noise_std=σ)`` (or ``gamma=``, or ``noiseless=True``);
+    then the usual ``step(model_output, t, sample, eta=...)`` loop (1 NFE per step, no gradients). The measurement
+    persists across runs until :meth:`clear_measurement`; per-run diagnostics (CG iterations, γ_t, CG time) are reset
+    by :meth:`set_timesteps`. All ``DDIMScheduler`` config options apply (use ``clip_sample=False`` for priors that
     are not on [-1, 1], as in the official code, which never clips).
     """
 
