@@ -107,7 +107,7 @@ class Plan:
     #: it ~80× the cost of DDS 50); DDS 50 is compared with it on the same phantoms and seeds.
     big_n: int = 2
     # η ∈ {0, 0.5} were tried on MRI 4 coils ×4 σ=0.05 and CT 8 views with the shipped phantoms prior and lost there by
-    # 0.4–2.5 dB at every (clip, M); likewise DPS ζ = 1 at 50 NFE (below 17 dB on both).
+    # 0.4–2.7 dB at every (clip, M); likewise DPS ζ = 1 at 50 NFE (below 17 dB on both).
     dds_grid: dict = field(default_factory=lambda: dict(clip=(False, True), cg_iters=(5, 10, 20), eta=(0.85, 1.0)))
     prior_variances: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0)
     gamma_factors: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)  # constant γ = factor/σ² (official form)
@@ -115,6 +115,9 @@ class Plan:
     big_zetas: tuple[float, ...] = (1.0, 3.0, 10.0)
     n_valid_big: int = 1
     cgls_iters: tuple[int, ...] = (3, 5, 10, 20, 50, 100)
+    #: Truncation of the pseudo-inverse (singular values below rcond·s_max dropped): 1e-3 is the prior-free
+    #: least-squares solution; larger values regularise noisy data (truncated SVD).
+    pinv_rconds: tuple[float, ...] = (1e-3, 1e-2, 3e-2, 0.1, 0.3)
     tv_lambdas: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     # 16×16: the instrument measures the sampler, not the image size, and 4-coil MRI at 32×32 alone would take
     # ~15 CPU minutes at 256 samples.
@@ -129,7 +132,7 @@ class Plan:
 def quick_plan() -> Plan:
     return Plan(rows=("ct8", "mri4-x4-n05"), n=4, n_valid=2, seeds=2, nfes=(50,), big_nfe=100, big_n=2,
                 dds_grid=dict(clip=(True,), cg_iters=(5,), eta=(0.85,)), prior_variances=(0.25,),
-                gamma_factors=(1.0,), dps_zetas=(3.0,), big_zetas=(3.0,), n_valid_big=1, cgls_iters=(5, 20),
+                gamma_factors=(1.0,), dps_zetas=(3.0,), big_zetas=(3.0,), n_valid_big=1, cgls_iters=(5, 20), pinv_rconds=(1e-3, 0.1),
                 tv_lambdas=(1e-2,), exact_size=16, exact_samples=64, exact_steps=(10,), exact_ablation_steps=(10,),
                 exact_tasks=("blur",), exact_sigmas=(0.05,))
 
@@ -302,6 +305,7 @@ def tune_row(r: Runner, row: str) -> dict:
         name = f"tune__{prefix or method}__nfe{nfe}__{_tag(knobs)}"
         return knobs, r.cell(row, name, method, nfe, split="valid", n=n, **knobs)
 
+    out["pinv"] = _best([valid("pinv", {"rcond": c}) for c in plan.pinv_rconds])[0]
     out["cgls"] = _best([valid("cgls", {"cgls_iters": k}) for k in plan.cgls_iters])[0]
     out["tv"] = _best([valid("tv", {"tv_lambda": v}) for v in plan.tv_lambdas])[0]
     # DDS: (clip, M, η) with the default data consistency (noise-aware at prior variance 0.25 on noisy rows), then
@@ -334,7 +338,7 @@ def tune_big(r: Runner, row: str) -> dict:
 def keep_row(r: Runner, row: str, tuned: dict) -> tuple[bool, dict]:
     """Validation screen: tuned DDS 50 vs the best prior-free least-squares estimate (pinv or tuned CG-LS)."""
     dds = r.cell(row, f"tune__dds__nfe50__{_tag(tuned['dds'])}", "dds", 50, split="valid", **tuned["dds"])
-    pinv = r.cell(row, "tune__pinv", "pinv", split="valid", rcond=RCOND)
+    pinv = r.cell(row, f"tune__pinv__nfe0__{_tag(tuned['pinv'])}", "pinv", split="valid", **tuned["pinv"])
     cgls = r.cell(row, f"tune__cgls__nfe0__{_tag(tuned['cgls'])}", "cgls", split="valid", **tuned["cgls"])
     ref = max(_mean(pinv["psnr"]), _mean(cgls["psnr"]))
     gap = _mean(dds["psnr"]) - ref
@@ -356,7 +360,7 @@ def run_small(r: Runner, row: str, tuned: dict) -> None:
     plan, k = r.plan, r.plan.seeds
     fam = "fbp" if ROWS[row].task["task"].startswith("ct") else "zerofill"
     r.sv_cell(row)
-    r.cell(row, "pinv", "pinv", rcond=RCOND)
+    r.cell(row, test_name("pinv", 0, tuned["pinv"]), "pinv", **tuned["pinv"])
     r.cell(row, fam, fam)
     r.cell(row, test_name("cgls", 0, tuned["cgls"]), "cgls", **tuned["cgls"])
     r.cell(row, test_name("tv", 0, tuned["tv"]), "tv", **tuned["tv"])
@@ -549,8 +553,7 @@ def report(r: Runner, tuned: dict, screens: dict, zetas: dict) -> str:
         "exactly those phantoms and seeds. PSNR (dB, data range 1) of the image (complex: magnitude). All operators "
         "have ‖A‖ = 1 on [0, 1] images; σ is the noise std per measured entry (complex: E|n|² = σ²). Every method is "
         "tuned on validation phantoms (disjoint seeds), settings below. **Prior-free columns:** *pinv* = truncated "
-        "pseudo-inverse A⁺y (singular values < 1e-3·s_max treated as 0, the minimum-norm least-squares solution on "
-        "the rest), *CG-LS* = early-stopped CG least squares (iterations tuned), *% s < 1e-3* = fraction of singular "
+        "pseudo-inverse A⁺y (singular values below rcond·s_max treated as 0, rcond tuned: truncated SVD), *CG-LS* = early-stopped CG least squares (iterations tuned), *% s < 1e-3* = fraction of singular "
         "values of A (on its domain, 32×32 unknowns, complex for the complex prior) below 1e-3·s_max. A row is kept "
         "when tuned DDS 50 beats max(pinv, CG-LS) by ≥ 3 dB on the validation phantoms. *DDS 50 official* = the "
         "released settings (M = 5, η = 0.85 DDNM form, no clipping; noisy rows: constant γ, tuned), the \"before\" "
@@ -567,7 +570,8 @@ def report(r: Runner, tuned: dict, screens: dict, zetas: dict) -> str:
         t = tuned[row]
         hard = {"eta": t["dds"]["eta"], "clip": t["dds"]["clip"]}
         cells = [f"`{r.prior_name(row)}`", f"{100 * sv['frac_small']:.1f}" if sv else "–",
-                 _fmt(c(row, "pinv", True)), _fmt(c(row, test_name("cgls", 0, t["cgls"]), True)),
+                 _fmt(c(row, test_name("pinv", 0, t["pinv"]), True)),
+                 _fmt(c(row, test_name("cgls", 0, t["cgls"]), True)),
                  _fmt(c(row, test_name("tv", 0, t["tv"]), True)), _fmt(c(row, fam, True)),
                  _fmt(c(row, test_name("dds", 50, t["dds-official"])))]
         cells += [_fmt(c(row, test_name("dds", n, t["dds"]))) for n in plan.nfes]
@@ -583,17 +587,19 @@ def report(r: Runner, tuned: dict, screens: dict, zetas: dict) -> str:
               f"count as tied and the fewest CG iterations wins. DPS ζ ∈ {_braces(plan.dps_zetas)} at 50 NFE and "
               f"{_braces(plan.big_zetas)} at {big} NFE (on {plan.n_valid_big} validation phantom"
               f"{'s' if plan.n_valid_big > 1 else ''}); DPS clips x̂0 as the released code does. CG-LS iterations "
-              f"{_braces(plan.cgls_iters)}, TV λ {_braces(plan.tv_lambdas)} (300 PDHG iterations). A choice on the "
+              f"{_braces(plan.cgls_iters)}, pinv rcond {_braces(plan.pinv_rconds)}, TV λ {_braces(plan.tv_lambdas)} (300 "
+              "PDHG iterations). A choice on the "
               "edge of its grid is marked (edge).", "",
-              "| task | DDS (tuned) | DDS official | DPS ζ (50 / " + str(big) + ") | CG-LS iterations | TV λ |",
-              "|---|---|---|---|---|---|"]
+              "| task | DDS (tuned) | DDS official | DPS ζ (50 / " + str(big) + ") | CG-LS iterations | pinv rcond "
+              "| TV λ |", "|---|---|---|---|---|---|---|"]
     for row in kept:
         t, sigma = tuned[row], ROWS[row].task.get("sigma", 0.0)
         zb = zetas.get(row, {}).get("zeta")
         lines.append(f"| {ROWS[row].label} | {_knobs_text(t['dds'], sigma)} | {_knobs_text(t['dds-official'], sigma)}"
                      f" | {_edge(t['dps']['zeta'], plan.dps_zetas)} / "
                      f"{'–' if zb is None else _edge(zb, plan.big_zetas)} | "
-                     f"{_edge(t['cgls']['cgls_iters'], plan.cgls_iters)} | {_edge(t['tv']['tv_lambda'], plan.tv_lambdas)} |")
+                     f"{_edge(t['cgls']['cgls_iters'], plan.cgls_iters)} | {_edge(t['pinv']['rcond'], plan.pinv_rconds)}"
+                     f" | {_edge(t['tv']['tv_lambda'], plan.tv_lambdas)} |")
     lines += ["", f"**Targets** — DDS 50 ≥ DPS {big} in PSNR with ≥ 15× less wall time, and the CG share of a DDS "
               f"step ≤ 10 %. Both on the first {nb} test phantoms × {k} seeds, one cell per seed (batch of {nb}), "
               f"each DPS cell followed by its DDS twin with the same batch and random stream (1 CPU thread, so both "
@@ -725,8 +731,7 @@ def main(argv=None) -> int:
                 tuned[row] = tune_row(r, row)
                 screens[row] = keep_row(r, row, tuned[row])
                 # Written per row: a big-only process starts on a row as soon as its tuning is here.
-                atomic_write_json(out / "tuned.json", {"rows": {**stored.get("rows", {}), **tuned},
-                                                       "screens": {**stored.get("screens", {}), **screens}})
+                _merge_json(out / "tuned.json", rows=tuned, screens=screens)
             elif compute:
                 tuned[row] = _wait_for_tuning(out, row)
                 screens[row] = keep_row(r, row, tuned[row])
@@ -735,7 +740,7 @@ def main(argv=None) -> int:
                 screens[row] = keep_row(r, row, known)
             if compute and "big" in parts and screens.get(row, (False,))[0] and not small:
                 zetas[row] = tune_big(r, row)
-                atomic_write_json(out / "tuned_big.json", {**_read_json(out / "tuned_big.json"), **zetas})
+                _merge_json(out / "tuned_big.json", **{row: zetas[row]})
                 run_big(r, row, tuned[row], zetas[row], seed=0)
         kept = [row for row in plan.rows if row in screens and screens[row][0]]
         if compute and "big" in parts and not small:
@@ -746,11 +751,11 @@ def main(argv=None) -> int:
             for row in kept:
                 run_small(r, row, tuned[row])
             tuned["_defaults"] = defaults_from_tuning(r, tuned, kept)
-            atomic_write_json(out / "tuned.json", {"rows": tuned, "screens": screens})
+            _merge_json(out / "tuned.json", rows=tuned, screens=screens)
             if "big" in parts:  # one process doing both: the large-NFE cells last
                 for row in kept:
                     zetas[row] = tune_big(r, row)
-                    atomic_write_json(out / "tuned_big.json", {**_read_json(out / "tuned_big.json"), **zetas})
+                    _merge_json(out / "tuned_big.json", **{row: zetas[row]})
                 for seed in range(plan.seeds):
                     for row in kept:
                         run_big(r, row, tuned[row], zetas[row], seed)
@@ -776,6 +781,15 @@ def _wait_for_tuning(out: Path, row: str, poll: float = 60.0) -> dict:
         print(f"[{time.strftime('%H:%M:%S')}] {row}: waiting for the small part's tuning", flush=True)
         time.sleep(poll)
     return known
+
+
+def _merge_json(path: Path, **entries) -> None:
+    """Merge ``entries`` (dicts one level deep) into the JSON object at ``path`` as it is on disk now, so that
+    processes working on different rows (``--rows``, ``--parts``) keep each other's entries."""
+    current = _read_json(path)
+    for key, value in entries.items():
+        current[key] = {**current.get(key, {}), **value} if isinstance(value, dict) else value
+    atomic_write_json(path, current)
 
 
 def _read_json(path: Path) -> dict:
