@@ -225,7 +225,11 @@ class Runner:
             task = _repeat_task(self.task(row, split, n), seeds)
             prior = None if prior_free else self.prior(row)[0]
             g = torch.Generator().manual_seed(1000 + 7919 * stream)
+            cpu = time.process_time()
             x, stats = run_method(method, task, prior, nfe=nfe, generator=g, **knobs)
+            # CPU seconds of this (single-threaded) process: the one-core cost, unlike wall time independent of
+            # the other jobs on the machine.
+            stats["cpu_seconds"] = time.process_time() - cpu
             rec = {"name": name, "row": row, "method": method, "nfe": nfe, "split": split, "n": n, "seeds": seeds,
                    "knobs": knobs, "stats": stats, **evaluate(task, x),
                    "seconds_per_image": stats["seconds"] / task.x.shape[0], "threads": torch.get_num_threads(),
@@ -772,6 +776,7 @@ def main(argv=None) -> int:
         print(md)
         if not args.no_readme and not args.quick:
             update_readme_section(name, md)
+    print(f"dds_benchmark: {time.process_time() / 60:.1f} CPU-minutes in this process", file=sys.stderr)
     return 0
 
 

@@ -163,6 +163,9 @@ def _method(name: str):
 DDS_DEFAULTS: dict[str, dict] = {
     "generic": dict(clip=True, cg_iters=10, eta=0.85),
     "generic-noisy": dict(clip=True, cg_iters=20, eta=0.85, prior_variance=0.25),
+    # Tuned with the bundled `phantoms` prior (weights e5979ce82e1b): CT 8 views; MRI 4 coils ×4, σ = 0.05.
+    "ct-sparse": dict(clip=True, cg_iters=10, eta=1.0),
+    "mri-noisy": dict(clip=True, cg_iters=5, eta=1.0, prior_variance=0.5),
 }
 
 

@@ -164,6 +164,44 @@ def test_pipeline_passes_noise_std_and_uses_per_task_defaults():
         pipe(op, y, num_inference_steps=2, eta_type="ddim")
 
 
+def test_per_task_defaults_are_looked_up_by_task_and_noise_and_explicit_knobs_win():
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from lml_sampler.pipelines.dds import DDSPipeline
+    from lml_sampler.pipelines.tasks import DDS_DEFAULTS, TASKS, dds_defaults
+
+    # Every entry holds exactly the knobs the pipeline reads, the noisy ones with a noise-aware prior variance.
+    for key, knobs in DDS_DEFAULTS.items():
+        assert set(knobs) == {"clip", "cg_iters", "eta"} | ({"prior_variance"} if key.endswith("-noisy") else set())
+    assert dds_defaults("ct-sparse", noisy=False) == DDS_DEFAULTS.get("ct-sparse", DDS_DEFAULTS["generic"])
+    assert dds_defaults("inpaint", noisy=True) == DDS_DEFAULTS.get("inpaint-noisy", DDS_DEFAULTS["generic-noisy"])
+    assert dds_defaults(None, noisy=False) == DDS_DEFAULTS["generic"]
+    got = dds_defaults("mri", noisy=True)
+    got["cg_iters"] = -1  # a copy: the table itself is not changed
+    assert dds_defaults("mri", noisy=True)["cg_iters"] >= 0
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       layers_per_block=1, norm_num_groups=4).eval()
+    pipe = DDSPipeline(unet, DDPMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    op = _ct()
+    y = op.A(torch.rand(1, 1, 8, 8))
+    pipe(op, y, num_inference_steps=2, noise_std=0.0, operator_range=(0, 1))
+    want = dds_defaults("ct-sparse", noisy=False)
+    assert pipe.scheduler.dc_mode == "noiseless" and pipe.scheduler.cg_iters == want["cg_iters"]
+    assert pipe.scheduler.clip_denoised == want["clip"]
+    pipe(op, y, num_inference_steps=2, noise_std=0.0, operator_range=(0, 1), cg_iters=3, clip=not want["clip"])
+    assert pipe.scheduler.cg_iters == 3 and pipe.scheduler.clip_denoised == (not want["clip"])
+    # task= selects the row of the table, whatever the operator (noisy data: the prior variance too).
+    y_noisy = add_noise(y, 0.05, torch.Generator().manual_seed(1))
+    for task in TASKS:
+        pipe(op, y_noisy, num_inference_steps=2, noise_std=0.05, operator_range=(0, 1), task=task)
+        want = dds_defaults(task, noisy=True)
+        assert (pipe.scheduler.cg_iters, pipe.scheduler.prior_variance) == (want["cg_iters"], want["prior_variance"])
+
+
 @pytest.mark.parametrize("task", ["blur", "ct"])
 def test_exact_gaussian_noise_aware_mean_is_close_to_the_posterior_mean(task):
     """Fast version of the README "dds-exact" table (16×16 instead of 32×32, 200 samples, 20 steps, σ = 0.05)."""
