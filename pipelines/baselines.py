@@ -89,8 +89,13 @@ def pseudo_inverse(operator: LinearOperator, y: torch.Tensor, rcond: float = 1e-
 
 
 def cg_least_squares(operator: LinearOperator, y: torch.Tensor, iters: int = 10) -> torch.Tensor:
-    """``iters`` CG iterations on ``AᴴA x = Aᴴy`` from zero: Landweber-like early-stopping regularisation."""
-    x, _ = conjugate_gradient(operator.A_adjoint_A, operator.A_adjoint(y), max_iter=iters, tol=0.0)
+    """At most ``iters`` CG iterations on ``AᴴA x = Aᴴy`` from zero: Landweber-like early-stopping regularisation.
+
+    A sample stops once its normal-equation residual is at float32 round-off (relative 1e-6): iterating on from there
+    steps along round-off directions with ⟨p, AᴴAp⟩ ≈ 0 and blows up (e.g. single-coil MRI, where AᴴA is a projection
+    and CG is exact after one iteration).
+    """
+    x, _ = conjugate_gradient(operator.A_adjoint_A, operator.A_adjoint(y), max_iter=iters, tol=1e-6)
     return x
 
 
