@@ -135,7 +135,7 @@ class _OfficialDirection(DDSScheduler):
     """γ_t = r_t²/σ² with the official DDS re-noising (the parent's ε̂, not re-derived from x̂0')."""
 
     def step_gamma(self, alpha_prod_t: float) -> float:
-        return posterior_variance(alpha_prod_t, self.prior_variance) / self.noise_std**2
+        return posterior_variance(alpha_prod_t, self.prior_variance) / self.noise_variance
 
 
 class _Discrepancy(DDSScheduler):

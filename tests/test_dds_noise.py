@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from benchmarks.dds_exact import dds_sample_mean, gaussian_problem
-from lml_sampler.operators import Blur, ParallelBeamCT, add_noise, gaussian_kernel, sparse_view_angles
+from lml_sampler.operators import (Blur, ParallelBeamCT, RealInput, SingleCoilMRI, add_noise, gaussian_kernel,
+                                   sparse_view_angles, uniform1d_mask)
 from lml_sampler.schedulers.dds import DDSScheduler, posterior_variance
 
 
@@ -51,6 +52,18 @@ def test_noise_aware_weight_per_step():
     assert s.gamma_history == pytest.approx([posterior_variance(a, 0.3) / 0.05**2 for a in abar], rel=1e-12)
     # γ_t decreases as the sample gets cleaner: early steps trust the data, late ones trust x̂0.
     assert all(g0 > g1 for g0, g1 in zip(s.gamma_history, s.gamma_history[1:]))
+
+
+def test_noise_aware_weight_on_complex_measurements_uses_the_per_component_variance():
+    # Circular complex noise with E|n|² = σ² has σ²/2 per real component: the log-likelihood is ‖y − Ax‖²/σ², so the
+    # proximal weight doubles (docs/dds.md §4), for complex images and for real images through RealInput alike.
+    op = RealInput(SingleCoilMRI(uniform1d_mask(8, 2, 0.25, torch.Generator().manual_seed(0))))
+    y = op.A(torch.rand(2, 1, 8, 8))
+    s = DDSScheduler(clip_sample=False)
+    _loop(s, torch.randn(2, 1, 8, 8), operator=op, y=y, noise_std=0.05, prior_variance=0.3)
+    assert s.noise_variance == pytest.approx(0.05**2 / 2, rel=1e-15)
+    abar = [float(s.alphas_cumprod[int(t)]) for t in s.timesteps]
+    assert s.gamma_history == pytest.approx([2 * posterior_variance(a, 0.3) / 0.05**2 for a in abar], rel=1e-12)
 
 
 def test_noise_std_zero_is_the_noiseless_path_and_gamma_keeps_the_constant_step():

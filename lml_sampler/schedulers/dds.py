@@ -9,7 +9,8 @@ Each ``step`` (docs/dds.md §1, §3, §4):
 
    * proximal, constant weight (``gamma=``): ``(I + γAᴴA) x = x̂0 + γAᴴy``  (argmin γ/2‖y−Ax‖² + ½‖x−x̂0‖²),
    * noise-aware (``noise_std=σ > 0``, docs/dds.md §4): the same system with the step-dependent weight
-     ``γ_t = r_t²/σ²``, ``r_t² = v(1−ᾱ_t)/(vᾱ_t + 1−ᾱ_t)`` the posterior variance of x0 given x_t under an isotropic
+     ``γ_t = r_t²/σ²`` (``2r_t²/σ²`` for complex measurements, whose circular noise has σ²/2 per real component),
+     ``r_t² = v(1−ᾱ_t)/(vᾱ_t + 1−ᾱ_t)`` the posterior variance of x0 given x_t under an isotropic
      Gaussian prior of per-pixel variance ``v = prior_variance``,
    * noiseless (``noiseless=True`` or ``noise_std=0``): ``AᴴA x = Aᴴy`` (early stopping at M keeps x close to x̂0);
 
@@ -132,6 +133,7 @@ class DDSScheduler(DDIMScheduler):
     cg_iteration_history: tuple | list = ()
     gamma_history: tuple | list = ()
     clip_denoised: bool | None = None
+    noise_variance: float | None = None
     cg_seconds: float = 0.0
     num_steps_taken: int = 0
 
@@ -231,17 +233,21 @@ class DDSScheduler(DDIMScheduler):
         self.dc_mode = mode
         self.gamma = float(gamma) if gamma is not None else 1.0
         self.noise_std, self.prior_variance = noise_std, float(prior_variance)
+        #: Noise variance per real component of y: σ² for real data, σ²/2 for circular complex noise (E|n|² = σ²).
+        self.noise_variance = None if noise_std is None else (
+            noise_std**2 / 2 if operator.range_dtype == "complex" else noise_std**2)
         self.cg_iters, self.noiseless = cg_iters, mode == "noiseless"
         self.cg_tol, self.eta_type = float(cg_tol), eta_type
         self.clip_denoised = clip_denoised
 
     def step_gamma(self, alpha_prod_t: float) -> float:
-        """The proximal weight of the step at ``ᾱ_t``: ``γ`` (constant) or ``r_t²/σ²`` (noise-aware); ``inf`` when
-        noiseless."""
+        """The proximal weight of the step at ``ᾱ_t``: ``γ`` (constant) or ``r_t²/σ_n²`` (noise-aware, σ_n² =
+        :attr:`noise_variance`, the noise variance per real component: σ² for real, σ²/2 for complex data); ``inf``
+        when noiseless."""
         if self.dc_mode == "noiseless":
             return math.inf
         if self.dc_mode == "noise-aware":
-            return posterior_variance(alpha_prod_t, self.prior_variance) / self.noise_std**2
+            return posterior_variance(alpha_prod_t, self.prior_variance) / self.noise_variance
         return self.gamma
 
     def clear_measurement(self) -> None:
