@@ -92,8 +92,8 @@ def cg_least_squares(operator: LinearOperator, y: torch.Tensor, iters: int = 10)
     """At most ``iters`` CG iterations on ``AᴴA x = Aᴴy`` from zero: Landweber-like early-stopping regularisation.
 
     A sample stops once its normal-equation residual is at float32 round-off (relative 1e-6): iterating on from there
-    steps along round-off directions with ⟨p, AᴴAp⟩ ≈ 0 and blows up (e.g. single-coil MRI, where AᴴA is a projection
-    and CG is exact after one iteration).
+    steps along round-off directions with ⟨p, AᴴAp⟩ ≈ 0 and blows up (e.g. single-coil MRI of real images, where AᴴA
+    has the eigenvalues 0, ½ and 1 only and CG is exact within a few iterations).
     """
     x, _ = conjugate_gradient(operator.A_adjoint_A, operator.A_adjoint(y), max_iter=iters, tol=1e-6)
     return x
