@@ -452,7 +452,7 @@ def report_exact(out: Path, plan: Plan) -> str:
         "sample, and its closed-form posterior mean μ = ΣAᴴ(AΣAᴴ + σ²I)⁻¹y. Entry: ‖mean of "
         f"{plan.exact_samples} DDS samples − μ‖ / ‖μ‖ (± the Monte-Carlo standard error √(Σ Var/K)/‖μ‖, the part more "
         "samples would remove). DDS: DDNM-form η = 0.85, no clipping. **Constant γ** = the official proximal step "
-        "with γ = 1/σ², M = 5; **noise-aware** = `noise_std=σ` (γ_t = r_t²/σ², r_t² the posterior variance of x0 "
+        "with γ = 1/σ², M = 5; **noise-aware** = `noise_std=σ` (γ_t = r_t²/σ², 2r_t²/σ² on complex MRI data, r_t² the posterior variance of x0 "
         "given x_t under an isotropic prior of the true per-pixel variance 0.25, and the noise direction re-derived "
         "from the corrected x̂0'; docs/dds.md §4), M = 20. Target: noise-aware ≤ 0.10 in every cell. Produced by "
         "`python -m benchmarks.dds_benchmark --parts exact`.",
