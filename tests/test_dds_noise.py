@@ -144,11 +144,11 @@ def test_bad_noise_std_is_refused_and_implausible_noise_warns():
         s.set_measurement(op, y, noise_std=0.5 * rms)  # a plausible level stays silent
 
 
-def test_pipeline_passes_noise_std_and_uses_per_task_defaults():
+def _tiny_pipeline():
+    """A DDSPipeline around an untrained 8×8 UNet: enough to see which settings reach the scheduler."""
     from diffusers import DDPMScheduler, UNet2DModel
 
     from lml_sampler.pipelines.dds import DDSPipeline
-    from lml_sampler.pipelines.tasks import DDS_DEFAULTS, dds_defaults, operator_task
 
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
@@ -156,6 +156,13 @@ def test_pipeline_passes_noise_std_and_uses_per_task_defaults():
                        layers_per_block=1, norm_num_groups=4).eval()
     pipe = DDSPipeline(unet, DDPMScheduler())
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_pipeline_passes_noise_std_and_uses_per_task_defaults():
+    from lml_sampler.pipelines.tasks import DDS_DEFAULTS, dds_defaults, operator_task
+
+    pipe = _tiny_pipeline()
     op = _ct()
     y = add_noise(op.A(torch.rand(2, 1, 8, 8)), 0.05, torch.Generator().manual_seed(0))
     out = pipe(op, y, num_inference_steps=4, noise_std=0.05, operator_range=(0, 1),
@@ -178,9 +185,6 @@ def test_pipeline_passes_noise_std_and_uses_per_task_defaults():
 
 
 def test_per_task_defaults_are_looked_up_by_task_and_noise_and_explicit_knobs_win():
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    from lml_sampler.pipelines.dds import DDSPipeline
     from lml_sampler.pipelines.tasks import DDS_DEFAULTS, TASKS, dds_defaults
 
     # Every entry holds exactly the knobs the pipeline reads, the noisy ones with a noise-aware prior variance.
@@ -193,12 +197,7 @@ def test_per_task_defaults_are_looked_up_by_task_and_noise_and_explicit_knobs_wi
     got["cg_iters"] = -1  # a copy: the table itself is not changed
     assert dds_defaults("mri", noisy=True)["cg_iters"] >= 0
 
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       layers_per_block=1, norm_num_groups=4).eval()
-    pipe = DDSPipeline(unet, DDPMScheduler())
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _tiny_pipeline()
     op = _ct()
     y = op.A(torch.rand(1, 1, 8, 8))
     pipe(op, y, num_inference_steps=2, noise_std=0.0, operator_range=(0, 1))
