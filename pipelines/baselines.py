@@ -1,4 +1,5 @@
-"""Non-diffusion baselines in the same harness: adjoint / zero-filled, FBP, early-stopped CG least squares, TV (PDHG).
+"""Non-diffusion baselines in the same harness: adjoint / zero-filled, FBP, the truncated pseudo-inverse, early-stopped
+CG least squares, TV (PDHG).
 
 All act on the physical image (the operator's own domain); DDNM-style projection is DDS with hard data consistency
 (:func:`ddnm_kwargs`), since CG run to convergence from x̂0 on ``AᴴA x = Aᴴy`` *is* the orthogonal projection of
@@ -7,13 +8,27 @@ x̂0 onto ``{x : A x = y}`` (the iterates stay in ``x̂0 + range(Aᴴ)``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lml_sampler.math.cg import conjugate_gradient
 from lml_sampler.operators.base import LinearOperator, RealInput
 from lml_sampler.operators.ct import ParallelBeamCT
 
-__all__ = ["adjoint_reconstruction", "fbp_reconstruction", "cg_least_squares", "tv_pdhg", "ddnm_kwargs"]
+__all__ = [
+    "adjoint_reconstruction",
+    "fbp_reconstruction",
+    "normal_matrix",
+    "singular_values",
+    "pseudo_inverse",
+    "cg_least_squares",
+    "tv_pdhg",
+    "ddnm_kwargs",
+]
+
+#: Dense normal matrices beyond this dimension cost > 128 MiB in float64; :func:`normal_matrix` refuses them.
+_MAX_DENSE_DIM = 4096
 
 
 def adjoint_reconstruction(operator: LinearOperator, y: torch.Tensor) -> torch.Tensor:
@@ -36,9 +51,51 @@ def fbp_reconstruction(operator: LinearOperator, y: torch.Tensor) -> torch.Tenso
     return ct.fbp(y)
 
 
+def normal_matrix(operator: LinearOperator, max_dim: int = _MAX_DENSE_DIM) -> torch.Tensor:
+    """Dense ``AᴴA`` ``(d, d)`` (float64, or complex128 for a complex domain) on the flattened ``in_shape``, Hermitian
+    by construction (round-off asymmetry removed). Refuses ``d > max_dim``."""
+    d = math.prod(operator.in_shape)
+    if d > max_dim:
+        raise ValueError(f"dense normal matrix of dimension {d} > max_dim={max_dim}: too large to form")
+    dtype = torch.complex128 if operator.dtype == "complex" else torch.float64
+    eye = torch.eye(d, dtype=dtype).reshape(d, *operator.in_shape)
+    cols = torch.cat([operator.A_adjoint_A(chunk) for chunk in eye.split(256)]).reshape(d, d)
+    # Row k is AᴴA e_k = column k of AᴴA; the matrix is its transpose.
+    m = cols.T
+    return 0.5 * (m + m.conj().T)
+
+
+def singular_values(operator: LinearOperator) -> torch.Tensor:
+    """All singular values of ``A`` on its domain, descending (float64 ``(d,)``; zeros for the null space)."""
+    ev = torch.linalg.eigvalsh(normal_matrix(operator))
+    return ev.clamp_min(0).sqrt().flip(0)
+
+
+def pseudo_inverse(operator: LinearOperator, y: torch.Tensor, rcond: float = 1e-3) -> torch.Tensor:
+    """Truncated pseudo-inverse ``A⁺y``: singular values below ``rcond·s_max`` count as zero (numpy's ``pinv``).
+
+    The minimum-norm least-squares solution on the well-measured subspace, zero on the rest; the prior-free
+    reference of the benchmark (``rcond`` = the threshold of its "fraction of small singular values" column).
+    """
+    if not rcond >= 0:
+        raise ValueError(f"rcond must be >= 0, got {rcond!r}")
+    w, V = torch.linalg.eigh(normal_matrix(operator))
+    keep = w > (rcond**2) * w.max()
+    inv = torch.where(keep, 1.0 / torch.where(keep, w, torch.ones_like(w)), torch.zeros_like(w))
+    b = operator.A_adjoint(y.to(torch.complex128 if y.is_complex() else torch.float64)).reshape(y.shape[0], -1)
+    b = b.to(V.dtype)
+    x = ((b @ V.conj()) * inv) @ V.T
+    return x.reshape(y.shape[0], *operator.in_shape)
+
+
 def cg_least_squares(operator: LinearOperator, y: torch.Tensor, iters: int = 10) -> torch.Tensor:
-    """``iters`` CG iterations on ``AᴴA x = Aᴴy`` from zero: Landweber-like early-stopping regularisation."""
-    x, _ = conjugate_gradient(operator.A_adjoint_A, operator.A_adjoint(y), max_iter=iters, tol=0.0)
+    """At most ``iters`` CG iterations on ``AᴴA x = Aᴴy`` from zero: Landweber-like early-stopping regularisation.
+
+    A sample stops once its normal-equation residual is at float32 round-off (relative 1e-6): iterating on from there
+    steps along round-off directions with ⟨p, AᴴAp⟩ ≈ 0 and blows up (e.g. single-coil MRI of real images, where AᴴA
+    has the eigenvalues 0, ½ and 1 only and CG is exact within a few iterations).
+    """
+    x, _ = conjugate_gradient(operator.A_adjoint_A, operator.A_adjoint(y), max_iter=iters, tol=1e-6)
     return x
 
 

@@ -9,9 +9,10 @@ from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from lml_sampler.operators.base import LinearOperator
-from lml_sampler.schedulers.dds import DDSScheduler
+from lml_sampler.schedulers.dds import DEFAULT_PRIOR_VARIANCE, DDSScheduler, check_noise_std
 
 from .common import ReconstructionOutput, model_space_problem
+from .tasks import TASKS, dds_defaults, operator_task
 
 __all__ = ["DDSPipeline"]
 
@@ -38,15 +39,19 @@ class DDSPipeline(DiffusionPipeline):
         operator: LinearOperator,
         y: torch.Tensor,
         num_inference_steps: int = 50,
-        gamma: float = 1.0,
-        cg_iters: int = 5,
-        eta: float = 0.85,
+        gamma: float | None = None,
+        cg_iters: int | None = None,
+        eta: float | None = None,
         eta_type: str = "ddnm",
         noiseless: bool = False,
         generator: torch.Generator | None = None,
         operator_range: tuple[float, float] | None = None,
         drop_last: bool = False,
         cg_tol: float = 1e-6,
+        noise_std: float | None = None,
+        prior_variance: float | None = None,
+        clip: bool | None = None,
+        task: str | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pt",
         return_dict: bool = True,
@@ -54,13 +59,24 @@ class DDSPipeline(DiffusionPipeline):
     ) -> ReconstructionOutput | tuple:
         """Reconstruct ``x`` from ``y = A x (+ noise)``; one sample per measurement in the batch of ``y``.
 
+        ``cg_iters``, ``eta``, ``clip`` and ``prior_variance`` left at ``None`` take the tuned per-task defaults
+        (:data:`lml_sampler.pipelines.tasks.DDS_DEFAULTS`, docs/dds.md §9) of ``task``, by default inferred from the
+        operator (:func:`~lml_sampler.pipelines.tasks.operator_task`); data count as noisy when ``noise_std > 0`` or
+        ``gamma`` is given.
+
         Args:
             operator: the forward model; it acts on images in ``operator_range`` (default: model space [-1, 1]).
                 Complex operators need a model with 2·C channels (Re, Im); use ``RealInput(op)`` for real priors.
             y: measurements ``(B, *operator.out_shape)``; draw k samples per measurement by repeating ``y``.
             num_inference_steps: DDIM steps = NFE ("leading" spacing: 980, 960, …, 0 for 50).
-            gamma, cg_iters, noiseless, cg_tol, eta_type: see :meth:`DDSScheduler.set_measurement`.
-            eta: DDIM stochasticity in the ``eta_type`` parametrisation (official code: DDNM form, 0.85).
+            gamma, cg_iters, noiseless, cg_tol, eta_type, prior_variance: see :meth:`DDSScheduler.set_measurement`.
+            noise_std: std σ of the noise in ``y`` (in the units of ``y``; complex: E|n|² = σ²). Given without
+                ``gamma``, data consistency is noise-aware (γ_t = r_t²/σ², docs/dds.md §4); ``0`` = noiseless.
+            eta: DDIM stochasticity in the ``eta_type`` parametrisation (official code: DDNM form, 0.85); the
+                per-task defaults are in the DDNM form, so ``eta_type="ddim"`` needs an explicit ``eta``.
+            clip: clamp Tweedie's x̂0 to [-1, 1] before data consistency, whatever the scheduler's ``clip_sample``
+                (``clip_denoised`` of :meth:`DDSScheduler.set_measurement`; the official DDS never clips).
+            task: a :data:`~lml_sampler.pipelines.tasks.TASKS` name selecting the defaults (``None``: inferred).
             operator_range: ``(lo, hi)`` of the images the operator was applied to (e.g. ``(0, 1)``); the problem is
                 mapped to the model's [-1, 1] and the result mapped back.
             drop_last: stop after the second-to-last step and return its data-consistent ``x̂0'`` (the paper's
@@ -73,6 +89,19 @@ class DDSPipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
         if output_type not in ("pt", "np"):
             raise ValueError(f"output_type must be 'pt' or 'np', got {output_type!r}")
+        check_noise_std(noise_std, noiseless)
+        if task is not None and task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS} (selects the tuned defaults) or None, got {task!r}")
+        noisy = (noise_std or 0) > 0 or gamma is not None
+        defaults = dds_defaults(operator_task(operator) if task is None else task, noisy)
+        if eta is None:
+            if eta_type != "ddnm":
+                raise ValueError("eta_type='ddim' needs an explicit eta: the per-task defaults are in the DDNM form")
+            eta = defaults["eta"]
+        cg_iters = defaults["cg_iters"] if cg_iters is None else cg_iters
+        clip = defaults["clip"] if clip is None else bool(clip)
+        if prior_variance is None:
+            prior_variance = defaults.get("prior_variance", DEFAULT_PRIOR_VARIANCE)
         op, y_m, affine = model_space_problem(operator, y, operator_range)
         size = self.unet.config.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
@@ -91,7 +120,8 @@ class DDSPipeline(DiffusionPipeline):
         sched = self.scheduler
         sched.set_timesteps(num_inference_steps, device=self.device)
         sched.set_measurement(op, y_m, gamma=gamma, cg_iters=cg_iters, noiseless=noiseless, cg_tol=cg_tol,
-                              eta_type=eta_type)
+                              eta_type=eta_type, noise_std=noise_std, prior_variance=prior_variance,
+                              clip_denoised=clip)
         timesteps = sched.timesteps
         if drop_last:
             if len(timesteps) < 2:

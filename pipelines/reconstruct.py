@@ -64,12 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coils", type=int, default=4, help="MRI coils (1 = single coil)")
     p.add_argument("--kernel", default="gaussian", choices=("gaussian", "motion"))
     p.add_argument("--sigma", type=float, default=0.0, help="measurement noise std (complex: E|n|^2 = sigma^2)")
-    p.add_argument("--gamma", type=float, default=None, help="DDS proximal weight (default: noiseless DC if sigma=0, "
-                                                             "else 10)")
-    p.add_argument("--cg-iters", type=int, default=5)
-    p.add_argument("--eta", type=float, default=0.85)
+    p.add_argument("--gamma", type=float, default=None, help="DDS constant proximal weight (default: noise-aware DC "
+                                                             "from --sigma; noiseless DC if sigma=0)")
+    p.add_argument("--cg-iters", type=int, default=None, help="DDS CG iterations (default: the task's DDS_DEFAULTS)")
+    p.add_argument("--eta", type=float, default=None, help="DDS eta (default: the task's DDS_DEFAULTS, DDNM form)")
     p.add_argument("--eta-type", default="ddnm", choices=("ddnm", "ddim"))
-    p.add_argument("--clip", action="store_true", help="DDS: clamp Tweedie's x0 to [-1, 1] (official code: no)")
+    p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
+                   help="DDS and DPS: clamp Tweedie's x0 to [-1, 1] (default: DDS per task, DPS on)")
+    p.add_argument("--prior-variance", type=float, default=None,
+                   help="DDS noise-aware weight: per-pixel prior variance in model space (default: per task)")
     p.add_argument("--zeta", type=float, default=1.0, help="DPS step size")
     p.add_argument("--cgls-iters", type=int, default=10)
     p.add_argument("--tv-lambda", type=float, default=0.01)
@@ -111,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"lml-reconstruct: unknown method(s) {bad}; choose from {METHODS}", file=sys.stderr)
         return 2
+    if args.eta_type == "ddim" and args.eta is None:
+        print("lml-reconstruct: --eta-type ddim needs an explicit --eta (the defaults are in the DDNM form)",
+              file=sys.stderr)
+        return 2
     out = Path(args.out)
     prior = load_prior(args.model) if any(m in PRIOR_METHODS for m in methods) else None
     complex_image = bool(prior is not None and prior.unet.config.in_channels == 2)
@@ -118,11 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     task = make_task(args.task, n=args.n, size=size, views=args.views, acc=args.acc, mask=args.mask,
                      coils=args.coils, sigma=args.sigma, kernel=args.kernel, complex_image=complex_image,
                      seed=args.seed)
-    gamma = args.gamma if args.gamma is not None else 10.0
-    knobs = dict(gamma=gamma, cg_iters=args.cg_iters, eta=args.eta, eta_type=args.eta_type, zeta=args.zeta,
-                 cgls_iters=args.cgls_iters, tv_lambda=args.tv_lambda, clip=args.clip)
-    if args.gamma is not None:
-        knobs["noiseless"] = False
+    # Unset DDS knobs stay out, so that run_method takes the task's tuned DDS_DEFAULTS.
+    knobs = {k: v for k, v in dict(gamma=args.gamma, cg_iters=args.cg_iters, eta=args.eta, eta_type=args.eta_type,
+                                   zeta=args.zeta, cgls_iters=args.cgls_iters, tv_lambda=args.tv_lambda,
+                                   clip=args.clip, prior_variance=args.prior_variance).items() if v is not None}
     results = {"task": task.info, "model": args.model, "methods": {}}
     columns = [("ground truth", task.truth_image())]
     # The classical "input" picture: FBP for CT, the adjoint (zero-filled / blurred / masked image) otherwise.

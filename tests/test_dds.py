@@ -8,6 +8,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DModel
 
 import lml_sampler.schedulers.dds as dds_module
+from benchmarks.dds_exact import gaussian_posterior_mean
 from lml_sampler.math.cg import conjugate_gradient
 from lml_sampler.models.analytic import GaussianDenoiser
 from lml_sampler.operators import (
@@ -15,6 +16,7 @@ from lml_sampler.operators import (
     MultiCoilMRI,
     ParallelBeamCT,
     RealInput,
+    SingleCoilMRI,
     add_noise,
     complex_to_real,
     real_to_complex,
@@ -170,31 +172,10 @@ def test_complex_data_consistency_equals_real_augmented_problem():
     assert (complex_to_real(bug) - outs[0]).norm() > 0.1 * outs[0].norm()
 
 
-def _posterior_mean(model, op, y, sigma, complex_):
-    """Closed form Σ Aᴴ (A Σ Aᴴ + σ² I)⁻¹ y by CG on the measurement-space normal equations.
-
-    Complex images are (Re, Im) channel pairs with the same Σ each (circular CN(0, 2Σ)) and noise CN(0, σ²); on the
-    real-augmented problem this is Σ_r A_rᵀ(A_r Σ_r A_rᵀ + σ²/2 I)⁻¹ y.
-    """
-    if complex_:
-        def cov(z):
-            re = model.cov_matvec(torch.cat([z.real, z.real], 1))[:, :1]
-            im = model.cov_matvec(torch.cat([z.imag, z.imag], 1))[:, :1]
-            return torch.complex(re, im)
-
-        s2 = sigma**2 / 2
-    else:
-        cov, s2 = model.cov_matvec, sigma**2
-    supp = op.measurement_support()
-    supp = 1.0 if supp is None else supp[None].to(torch.float64)
-    u, _ = conjugate_gradient(lambda v: supp * (op.A(cov(op.A_adjoint(v))) + s2 * v), y, max_iter=5000, tol=1e-13)
-    m = cov(op.A_adjoint(u))
-    return complex_to_real(m) if complex_ else m
-
-
 @pytest.mark.parametrize("case", ["ct-real", "mri-complex"])
 def test_mean_of_dds_samples_approaches_gaussian_posterior_mean(case):
-    """Exact Gaussian prior: the mean of many DDS samples against the closed-form posterior mean (docs/dds.md §4)."""
+    """Exact Gaussian prior: the mean of many DDS samples against the closed-form posterior mean (docs/dds.md §4);
+    constant γ = 1/σ² against the under-weighted γ = 1 (the noise-aware default: tests/test_dds_noise.py)."""
     n, K = 12, 200
     complex_ = case == "mri-complex"
     ch = 2 if complex_ else 1
@@ -209,7 +190,7 @@ def test_mean_of_dds_samples_approaches_gaussian_posterior_mean(case):
     g = torch.Generator().manual_seed(1)
     x = model.sample_data(1, g)
     y = add_noise(op.A(real_to_complex(x) if complex_ else x), sigma, g, support=op.measurement_support())
-    mu = _posterior_mean(model, op, y, sigma, complex_)
+    mu = gaussian_posterior_mean(model, op, y, sigma)
     errs = {}
     for gamma in (1.0 / sigma**2, 1.0):
         s = DDSScheduler(clip_sample=False)
@@ -336,6 +317,25 @@ def test_baselines():
     with pytest.raises(TypeError, match="ParallelBeamCT"):
         fbp_reconstruction(RealInput(MultiCoilMRI(uniform1d_mask(16, 2), simulate_coil_sensitivities(2, 16))),
                            torch.zeros(1, 2, 16, 16, dtype=torch.complex64))
+
+
+def test_pseudo_inverse_and_singular_values_match_dense_linear_algebra():
+    from lml_sampler.pipelines.baselines import pseudo_inverse, singular_values
+
+    op = ParallelBeamCT(8, sparse_view_angles(4))  # 4 × 12 = 48 measurements of 64 unknowns: a null space
+    A = torch.stack([op.A(e.reshape(1, 1, 8, 8))[0].flatten() for e in torch.eye(64, dtype=torch.float64)], 1)
+    s_ref = torch.cat([torch.linalg.svdvals(A), torch.zeros(16, dtype=torch.float64)])  # 16 null directions
+    s = singular_values(op)
+    # From the eigenvalues of AᵀA: round-off 1e-16 there is 1e-8 in a singular value.
+    assert s.shape == (64,) and torch.allclose(s, s_ref, atol=1e-7)
+    y = op.A(torch.rand(3, 1, 8, 8, dtype=torch.float64))
+    for rcond in (1e-6, 1e-3, 0.3):  # 0.3 drops part of the measured spectrum as well
+        ref = (torch.linalg.pinv(A, rtol=rcond) @ y.reshape(3, -1).T).T.reshape(3, 1, 8, 8)
+        assert torch.allclose(pseudo_inverse(op, y, rcond), ref, atol=1e-7)
+    # Complex domain: single-coil AᴴA is the projection onto the sampled k-space, so A⁺Az is that projection of z.
+    mri = SingleCoilMRI(uniform1d_mask(8, 2))
+    z = real_to_complex(torch.randn(2, 2, 8, 8, dtype=torch.float64))
+    assert torch.allclose(pseudo_inverse(mri, mri.A(z), 1e-6), mri.A_adjoint_A(z), atol=1e-12)
 
 
 def test_run_method_gives_each_method_its_own_knobs():

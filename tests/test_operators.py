@@ -118,6 +118,16 @@ def test_fft2c_is_unitary_and_centred():
     assert abs(k[0, 0, 4, 4] - 8.0) < 1e-12 and k.abs().sum() - 8.0 < 1e-9  # DC at the centre
 
 
+def test_fft2c_equals_the_fftshift_composition_bitwise():
+    # fft2c shifts with torch.roll (faster on CPU); the permutation must be fftshift/ifftshift exactly, odd sizes too.
+    shift = dict(dim=(-2, -1))
+    for shape in [(2, 3, 8, 8), (1, 1, 7, 9), (2, 1, 6, 5)]:
+        x = torch.randn(*shape, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
+        ref = torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(x, **shift), norm="ortho"), **shift)
+        ref_inv = torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(x, **shift), norm="ortho"), **shift)
+        assert torch.equal(fft2c(x), ref) and torch.equal(ifft2c(x), ref_inv)
+
+
 def test_coil_maps_normalised_and_single_coil_projection():
     S = simulate_coil_sensitivities(6, 12)
     assert torch.allclose(S.abs().pow(2).sum(0), torch.ones(12, 12), atol=1e-5)
