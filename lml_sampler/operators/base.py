@@ -208,6 +208,10 @@ class RealInput(LinearOperator):
     def _adjoint(self, y):
         return self.op.A_adjoint(y).real
 
+    def A_adjoint_A(self, x):
+        self._check(x, self.in_shape, self.dtype, "x", "A_adjoint_A")
+        return self.op.A_adjoint_A(x.to(torch.complex128 if x.dtype == torch.float64 else torch.complex64)).real
+
     def __getattr__(self, item):  # expose e.g. .mask, .sensitivities of the wrapped operator
         if item == "op":
             raise AttributeError(item)
@@ -241,6 +245,9 @@ class AffineInput(LinearOperator):
 
     def _adjoint(self, y):
         return self.scale * self.op.A_adjoint(y)
+
+    def A_adjoint_A(self, x):
+        return self.scale**2 * self.op.A_adjoint_A(x)
 
     def shift_measurement(self, y: torch.Tensor) -> torch.Tensor:
         """``y - A(offset)``: the measurement of the model-space image."""
