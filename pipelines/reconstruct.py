@@ -55,8 +55,10 @@ def _radius(h: int, w: int, centred: bool) -> torch.Tensor:
 
 
 def power_law_fit(power: torch.Tensor, measured: torch.Tensor, bins: int = 24) -> tuple[float, float]:
-    """``(log c, α)`` of ``P(f) ≈ c·|f|^−α``, least squares on log power averaged in log-spaced annuli of the
-    measured frequencies (``power``, ``measured``: centred (H, W); DC excluded); α is clamped to [1, 4]."""
+    """``(log c, α)`` of ``P(f) ≈ c·|f|^−α``: least squares of the log of the mean power against the mean log radius
+    in log-spaced annuli of the measured frequencies (``power``, ``measured``: centred (H, W); DC excluded). The mean
+    power (not the mean log power, biased by −0.58 for |X|² of Gaussian data) estimates ``E|X(k)|²``; α is clamped
+    to [1, 4]."""
     h, w = power.shape
     r = _radius(h, w, centred=True)
     use = measured.to(torch.bool) & (r > 0) & (power > 0)
@@ -70,7 +72,7 @@ def power_law_fit(power: torch.Tensor, measured: torch.Tensor, bins: int = 24) -
     for b in range(bins):
         sel = which == b
         if int(sel.sum()) >= 4:
-            lr.append(rr[sel].mean().log())
+            lr.append(rr[sel].log().mean())
             lp.append(pp[sel].mean().log())
     if len(lr) < 2:
         raise ValueError("the measured frequencies span too few annuli to fit the Gaussian prior's spectrum")
@@ -438,13 +440,16 @@ def _prepare_data(args, methods: list[str]) -> dict:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
-    unet_cfg = None
+    sources = _open_sources(args, kind, path, task, False)  # the data first: their errors come before a model loads
+    prior0 = None
     if method in PRIOR_METHODS and args.model != "gaussian":
+        if args.no_progress:
+            from diffusers.utils import logging as diffusers_logging
+
+            diffusers_logging.disable_progress_bar()
         prior0 = load_prior(args.model)
-        unet_cfg = prior0.unet.config
-    complex_image = bool(unet_cfg is not None and unet_cfg.in_channels == 2 and kind in ("image", "volume")
-                         and task == "mri")
-    sources = _open_sources(args, kind, path, task, complex_image)
+        if prior0.unet.config.in_channels == 2 and kind in ("image", "volume") and task == "mri":
+            sources = _open_sources(args, kind, path, task, True)  # complex MRI of the images: a 2-channel prior
     priors: dict = {}
 
     def prior_for(src) -> Prior | None:
