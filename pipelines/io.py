@@ -53,6 +53,7 @@ from lml_sampler.operators import (
     fft2c,
     ifft2c,
     make_mask,
+    real_to_complex,
     sparse_view_angles,
 )
 from lml_sampler.operators.coils import calibration_region, espirit_maps
@@ -143,8 +144,10 @@ class Problem:
         return (-1.0, 1.0) if self.complex_image else (0.0, 1.0)
 
     def to_output(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruction ``(B, C, H, W)`` in the operator's domain -> ``(B, h, w)`` float32 magnitude (complex) or
-        real image, centre-cropped, in file units."""
+        """Reconstruction ``(B, C, H, W)`` in the operator's domain (or a pipeline's 2-channel (Re, Im) output for
+        a complex image) -> ``(B, h, w)`` float32 magnitude or real image, centre-cropped, in file units."""
+        if self.complex_image and not x.is_complex():
+            x = real_to_complex(x)
         img = x.abs() if x.is_complex() else x
         img = img[:, 0] if img.ndim == 4 else img
         if self.weight is not None:

@@ -31,6 +31,7 @@ import math
 import io as _stringio
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -424,7 +425,21 @@ def _summary_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _prepare_data(args, methods: list[str]) -> dict:
+@dataclass
+class _DataRun:
+    """A validated data run: one source, prior (None for prior-free methods), output folder and cell key per file."""
+
+    method: str
+    sources: list
+    priors: list
+    dirs: list[Path]
+    keys: list[str]
+    out: Path
+    single: bool
+    dist: object
+
+
+def _prepare_data(args, methods: list[str]) -> _DataRun:
     """Validate the options, every data file, the model and the output folder (raises ValueError / TypeError)."""
     from lml_sampler.eval.distributed import dist_info
 
@@ -441,67 +456,62 @@ def _prepare_data(args, methods: list[str]) -> dict:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     sources = _open_sources(args, kind, path, task, False)  # the data first: their errors come before a model loads
-    prior0 = None
+    model = None
     if method in PRIOR_METHODS and args.model != "gaussian":
         if args.no_progress:
             from diffusers.utils import logging as diffusers_logging
 
             diffusers_logging.disable_progress_bar()
-        prior0 = load_prior(args.model)
-        if prior0.unet.config.in_channels == 2 and kind in ("image", "volume") and task == "mri":
+        model = load_prior(args.model)
+        if model.unet.config.in_channels == 2 and kind in ("image", "volume") and task == "mri":
             sources = _open_sources(args, kind, path, task, True)  # complex MRI of the images: a 2-channel prior
-    priors: dict = {}
-
-    def prior_for(src) -> Prior | None:
-        if method not in PRIOR_METHODS:
-            return None
-        if args.model == "gaussian":
-            key = (tuple(src.image_shape), 2 if src.complex_image else 1)
-            if key not in priors:
-                priors[key] = load_prior("gaussian", shape=key[0], channels=key[1])
-            return priors[key]
-        return prior0
-
+    sized: dict = {}
+    priors = []
     for src in sources:
-        p = prior_for(src)
-        if p is not None:
-            check_prior_fits(p, src)
+        if method not in PRIOR_METHODS:
+            priors.append(None)
+            continue
+        if args.model == "gaussian":  # one per image size and channel count
+            key = (tuple(src.image_shape), 2 if src.complex_image else 1)
+            sized.setdefault(key, load_prior("gaussian", shape=key[0], channels=key[1]))
+            priors.append(sized[key])
+        else:
+            priors.append(model)
+        check_prior_fits(priors[-1], src)
     single = Path(path).is_file()
-    dirs = [out if single else out / src.path.stem for src in sources]
+    keys = ["." if single else src.path.stem for src in sources]
     dist = dist_info()
     store = CellStore(out)
-    for src, d in zip(sources, dirs):  # the main process writes manifests, the others check them
-        if dist.is_main:
-            store.cell(d.relative_to(out) if d != out else ".", _manifest(args, src, method))
+    if dist.is_main:  # the main process writes the manifests, the others check them after the barrier
+        for src, key in zip(sources, keys):
+            store.cell(key, _manifest(args, src, method))
     dist.barrier()
-    for src, d in zip(sources, dirs):
-        store.cell(d.relative_to(out) if d != out else ".", _manifest(args, src, method), check_only=True)
-    return {"sources": sources, "dirs": dirs, "prior_for": prior_for, "method": method, "dist": dist,
-            "single": single, "out": out}
+    for src, key in zip(sources, keys):
+        store.cell(key, _manifest(args, src, method), check_only=True)
+    return _DataRun(method, sources, priors, [out / k for k in keys], keys, out, single, dist)
 
 
-def _run_data(args, plan: dict) -> int:
+def _run_data(args, run: _DataRun) -> int:
     """Reconstruct the files this process owns (finished ones are skipped); the main process writes metrics.csv."""
     import json
 
     from lml_sampler.eval.shards import owned_shards
 
-    sources, dirs, dist, method = plan["sources"], plan["dirs"], plan["dist"], plan["method"]
-    progress = not args.no_progress
-    for k in owned_shards(len(sources), dist.rank, dist.world_size):
-        src, d = sources[k], dirs[k]
+    dist = run.dist
+    for k in owned_shards(len(run.sources), dist.rank, dist.world_size):
+        src, d = run.sources[k], run.dirs[k]
         if (d / "metrics.json").is_file():
             continue
-        m = _reconstruct_file(args, src, plan["prior_for"](src), method, d, progress)
+        m = _reconstruct_file(args, src, run.priors[k], run.method, d, not args.no_progress)
         line = f"{src.path.name}: {m['slices']} slices, {m['seconds_per_slice']:.2f} s/slice"
         if "psnr" in m:
             line += (f", PSNR {m['psnr']:.2f} dB (baseline {m['baseline_psnr']:.2f}), SSIM {m['ssim']:.3f} "
                      f"(baseline {m['baseline_ssim']:.3f})")
         print(line)
     dist.barrier()
-    if dist.is_main and not plan["single"]:
-        rows = [json.loads((d / "metrics.json").read_text()) for d in dirs if (d / "metrics.json").is_file()]
-        atomic_write(plan["out"] / "metrics.csv", _summary_csv(rows))
+    if dist.is_main and not run.single:
+        rows = [json.loads((d / "metrics.json").read_text()) for d in run.dirs if (d / "metrics.json").is_file()]
+        atomic_write(run.out / "metrics.csv", _summary_csv(rows))
     return 0
 
 
@@ -516,14 +526,14 @@ def main(argv: list[str] | None = None) -> int:
     data = any(getattr(args, k) is not None for k in _SUFFIXES)
     try:  # user errors: one line, exit 2, before any reconstruction
         if data:
-            plan = _prepare_data(args, methods)
+            run = _prepare_data(args, methods)
         elif args.task is None or args.task == "ct":
             raise ValueError(f"pass --task (one of {TASKS}) for synthetic phantoms, or a data input (--kspace, "
                              "--sinogram, --image, --volume)")
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"lml-reconstruct: {e}", file=sys.stderr)
         return 2
-    return _run_data(args, plan) if data else _synthetic(args, methods)
+    return _run_data(args, run) if data else _synthetic(args, methods)
 
 
 if __name__ == "__main__":  # pragma: no cover
