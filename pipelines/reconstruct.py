@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from lml_sampler._io import CellStore, atomic_open, atomic_write, atomic_write_json
+from lml_sampler.validation import check_float, check_fraction, check_int, check_output_dir
 
 from .common import Prior
 from .tasks import METHODS, PRIOR_METHODS, TASKS, Task, evaluate, make_task, run_method
@@ -166,8 +167,15 @@ def load_prior(name: str, device: str = "cpu", shape: tuple[int, int] | None = N
     return Prior(pipe.unet.eval().requires_grad_(False).to(device), pipe.scheduler)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose user errors are one line on stderr and exit status 2 (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lml-reconstruct", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="lml-reconstruct", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=TASKS + ("ct",), default=None,
                    help="synthetic phantoms, or the task of --image/--volume; implied by --kspace (mri) and "
                         "--sinogram (ct = ct-sparse)")
@@ -246,6 +254,35 @@ def _mean_std(v: list[float]) -> dict:
     return {"mean": float(t.mean()), "std": float(t.std()) if len(v) > 1 else 0.0}
 
 
+#: The numeric options and their ranges (``None`` = unset, the default applies): refused before any work.
+_INT_OPTIONS = {"nfe": 1, "n": 1, "seed": 0, "views": 1, "coils": 1, "cg_iters": 0, "cgls_iters": 1, "size": 1,
+                "admm_iters": 1, "batch": 1, "espirit_calib": 2}
+_FLOAT_OPTIONS = {"acc": dict(minimum=1.0), "sigma": dict(minimum=0.0), "gamma": dict(positive=True),
+                  "zeta": dict(positive=True), "tv_lambda": dict(minimum=0.0), "det_spacing": dict(positive=True),
+                  "tv_z": dict(minimum=0.0), "tv_z_rho": dict(positive=True)}
+
+
+def check_options(args) -> None:
+    """Every numeric option in range and ``--out`` a writable folder (ValueError naming the option)."""
+    for key, minimum in _INT_OPTIONS.items():
+        if getattr(args, key) is not None:
+            check_int(getattr(args, key), "--" + key.replace("_", "-"), minimum=minimum)
+    for key, bounds in _FLOAT_OPTIONS.items():
+        if getattr(args, key) is not None:
+            check_float(getattr(args, key), "--" + key.replace("_", "-"), **bounds)
+    if args.eta is not None:
+        check_fraction(args.eta, "--eta")
+    if check_fraction(args.espirit_crop, "--espirit-crop") == 1.0:
+        raise ValueError("--espirit-crop must be < 1 (1 would zero every coil map), got 1.0")
+    check_output_dir(args.out, "--out")
+
+
+def check_nfe_fits(args, prior: Prior | None) -> None:
+    """``--nfe`` at most the prior's training steps (a diffusion model has no noise levels between them)."""
+    if prior is not None:
+        check_int(args.nfe, "--nfe", minimum=1, maximum=int(prior.scheduler.config.num_train_timesteps))
+
+
 def _knobs(args) -> dict:
     """The methods' keyword knobs from the command line (``run_method`` gives each method its own)."""
     gamma = args.gamma if args.gamma is not None else 10.0
@@ -256,15 +293,21 @@ def _knobs(args) -> dict:
     return knobs
 
 
-def _synthetic(args, methods: list[str]) -> int:
-    """Synthetic phantoms: every method on ``--n`` test phantoms, ``comparison.png`` and ``metrics.json``."""
-    out = Path(args.out)
+def _prepare_synthetic(args, methods: list[str]) -> tuple[Prior | None, Task]:
+    """The prior and the synthetic task (raises ValueError / TypeError on a bad model or task option)."""
     prior = load_prior(args.model) if any(m in PRIOR_METHODS for m in methods) else None
+    check_nfe_fits(args, prior)
     complex_image = bool(prior is not None and prior.unet.config.in_channels == 2)
     size = prior.unet.config.sample_size if prior is not None else 32
     task = make_task(args.task, n=args.n, size=size, views=args.views, acc=args.acc, mask=args.mask,
                      coils=args.coils, sigma=args.sigma, kernel=args.kernel, complex_image=complex_image,
                      seed=args.seed)
+    return prior, task
+
+
+def _synthetic(args, methods: list[str], prior: Prior | None, task: Task) -> int:
+    """Synthetic phantoms: every method on ``--n`` test phantoms, ``comparison.png`` and ``metrics.json``."""
+    out = Path(args.out)
     knobs = _knobs(args)
     results = {"task": task.info, "model": args.model, "methods": {}}
     columns = [("ground truth", task.truth_image())]
@@ -446,15 +489,11 @@ def _prepare_data(args, methods: list[str]) -> _DataRun:
     if len(methods) != 1:
         raise ValueError(f"data inputs take one --method, got {methods}")
     method = methods[0]
-    if args.tv_z < 0 or (args.tv_z > 0 and method != "dds"):
-        raise ValueError("--tv-z couples the slices in DDS's data consistency: use it with --method dds, >= 0")
-    if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if args.tv_z > 0 and method != "dds":
+        raise ValueError("--tv-z couples the slices in DDS's data consistency: use it with --method dds")
     kind, path = _data_input(args)
     task = _data_task(args, kind)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
     sources = _open_sources(args, kind, path, task, False)  # the data first: their errors come before a model loads
     model = None
     if method in PRIOR_METHODS and args.model != "gaussian":
@@ -478,6 +517,7 @@ def _prepare_data(args, methods: list[str]) -> _DataRun:
         else:
             priors.append(model)
         check_prior_fits(priors[-1], src)
+        check_nfe_fits(args, priors[-1])
     single = Path(path).is_file()
     keys = ["." if single else src.path.stem for src in sources]
     dist = dist_info()
@@ -525,15 +565,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     data = any(getattr(args, k) is not None for k in _SUFFIXES)
     try:  # user errors: one line, exit 2, before any reconstruction
+        check_options(args)
         if data:
             run = _prepare_data(args, methods)
         elif args.task is None or args.task == "ct":
             raise ValueError(f"pass --task (one of {TASKS}) for synthetic phantoms, or a data input (--kspace, "
                              "--sinogram, --image, --volume)")
+        else:
+            prior, task = _prepare_synthetic(args, methods)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"lml-reconstruct: {e}", file=sys.stderr)
         return 2
-    return _run_data(args, run) if data else _synthetic(args, methods)
+    return _run_data(args, run) if data else _synthetic(args, methods, prior, task)
 
 
 if __name__ == "__main__":  # pragma: no cover
