@@ -266,35 +266,30 @@ def _normal_cache(mask: torch.Tensor, maps: torch.Tensor | None = None) -> dict[
     out = {"mask_fft": torch.fft.ifftshift(mask[0] if dims == (-1,) else mask, dim=dims)}
     if maps is not None:
         out["maps_fft"] = torch.fft.ifftshift(maps, dim=dims)
+        out["maps_fft_conj"] = out["maps_fft"].conj().resolve_conj()
     return out
 
 
-#: Elements per coil chunk of the normal operator: ~1 MB of complex64, so that a chunk's six passes stay in cache.
-_CHUNK_ELEMENTS = 1 << 17
-
-
 def _masked_normal(x: torch.Tensor, mask_fft: torch.Tensor, maps_fft: torch.Tensor | None,
-                   dims: tuple[int, ...]) -> torch.Tensor:
+                   maps_fft_conj: torch.Tensor | None, dims: tuple[int, ...]) -> torch.Tensor:
     """``Σ_c conj(S_c)·F⁻¹(M·F(S_c·x))`` (``S = 1`` if ``maps_fft`` is None), F the centred orthonormal FFT over
-    ``dims``, from the pre-shifted mask and maps.
+    ``dims``, from the pre-shifted mask, maps and conjugate maps.
 
     Two image-sized shifts instead of four coil-sized ones; the unnormalised FFT pair (``ifft`` divides by the size
-    once) instead of two ``norm="ortho"`` scalings; and coils in cache-sized chunks, since the element-wise passes
-    over all coils at once are bound by memory bandwidth (measured in ``benchmarks/recon_scaling.py``).
+    once) instead of two ``norm="ortho"`` scalings; and one coil at a time, accumulated by a fused multiply-add into
+    the output, since the element-wise passes over all coils at once are bound by memory bandwidth (measured in
+    ``benchmarks/recon_scaling.py``).
     """
     z = torch.fft.ifftshift(x, dim=dims)
     if maps_fft is None:
         k = torch.fft.fftn(z, dim=dims)
         return torch.fft.fftshift(torch.fft.ifftn(k.mul_(mask_fft), dim=dims), dim=dims)
-    per_sample = maps_fft.ndim == 4
-    n_coils = maps_fft.shape[-3]
-    step = max(1, _CHUNK_ELEMENTS // z.numel())
+    coils = (slice(None),) * (maps_fft.ndim - 3)  # (C, H, W) shared, or (B, C, H, W) per sample
     out = torch.zeros_like(z)
-    for c in range(0, n_coils, step):
-        s = maps_fft[:, c : c + step] if per_sample else maps_fft[c : c + step]
-        k = torch.fft.fftn(s * z, dim=dims)
-        w = torch.fft.ifftn(k.mul_(mask_fft), dim=dims)
-        out += w.mul_(s.conj()).sum(dim=-3, keepdim=True)
+    for c in range(maps_fft.shape[-3]):
+        sel = (*coils, slice(c, c + 1))
+        k = torch.fft.fftn(maps_fft[sel] * z, dim=dims)
+        out.addcmul_(torch.fft.ifftn(k.mul_(mask_fft), dim=dims), maps_fft_conj[sel])
     return torch.fft.fftshift(out, dim=dims)
 
 
@@ -327,7 +322,7 @@ class SingleCoilMRI(LinearOperator):
 
     def A_adjoint_A(self, x):
         self._check(x, self.in_shape, self.dtype, "x", "A_adjoint_A")
-        return _masked_normal(x, self._t.get("mask_fft", x), None, self._dims)
+        return _masked_normal(x, self._t.get("mask_fft", x), None, None, self._dims)
 
 
 class MultiCoilMRI(LinearOperator):
@@ -375,4 +370,5 @@ class MultiCoilMRI(LinearOperator):
 
     def A_adjoint_A(self, x):
         self._check(x, self.in_shape, self.dtype, "x", "A_adjoint_A")
-        return _masked_normal(x, self._t.get("mask_fft", x), self._t.get("maps_fft", x), self._dims)
+        return _masked_normal(x, self._t.get("mask_fft", x), self._t.get("maps_fft", x),
+                              self._t.get("maps_fft_conj", x), self._dims)
