@@ -377,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme", action="store_true", help="regenerate the README section 'recon-scaling'")
     p.add_argument("--kinds", default=",".join(CELL_KINDS), help="comma-separated cell kinds to run (default all)")
     p.add_argument("--jobs", type=int, default=1, help="cells measured at once, each in its own process on one thread")
+    p.add_argument("--finished-only", action="store_true",
+                   help="measure nothing: render the cells already in the store (while a run is going)")
     p.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell in this process, print its JSON
     args = p.parse_args(argv)
     if args.cell:
@@ -395,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--kinds must be a subset of {','.join(CELL_KINDS)} and --jobs >= 1")
     store = CellStore(Path(args.out) / ("quick" if args.quick else "full"))
     specs = [s for s in cells(args.quick) if s["kind"] in kinds]
+    if args.finished_only:
+        specs = [s for s in specs if (store.root / cell_key(s) / "result.json").is_file()]
     with ThreadPoolExecutor(args.jobs) as pool:  # threads only wait: every cell is its own process
         done = pool.map(lambda s: store.ensure(cell_key(s), s, lambda: _run_cell_process(s)), specs)
         results = list(zip(specs, tqdm(done, total=len(specs), desc="recon scaling", unit="cell")))
