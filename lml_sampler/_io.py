@@ -16,8 +16,8 @@ import uuid
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-__all__ = ["atomic_open", "atomic_write", "atomic_write_json", "atomic_folder", "current_umask", "Cell", "CellStore",
-           "check_output_folder", "check_output_file"]
+__all__ = ["atomic_open", "atomic_path", "atomic_write", "atomic_write_json", "atomic_folder", "current_umask", "Cell",
+           "CellStore", "check_output_folder", "check_output_file"]
 
 
 def current_umask() -> int:
@@ -48,6 +48,22 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a library that opens files by name (HDF5); on success it is moved
+    onto ``path`` with the umask's permissions, on an exception removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -123,3 +123,15 @@ def test_errors():
         conjugate_gradient(lambda v: v, b, x0=torch.zeros(2, 3, dtype=torch.complex64))
     with pytest.raises(ValueError, match="preserve"):
         conjugate_gradient(lambda v: v[:, :2], b, max_iter=3)
+
+
+def test_tol_zero_stops_at_round_off_on_a_projection():
+    """CG with tol=0 on AᴴA of single-coil MRI (an orthogonal projection) converges in one step; iterating on the
+    round-off residual used to divide noise by noise and blow x up by 1e8."""
+    from lml_sampler.operators import SingleCoilMRI, uniform1d_mask
+
+    op = SingleCoilMRI(uniform1d_mask(32, 4, generator=torch.Generator().manual_seed(0)))
+    x = op.random_input(2, torch.float32, torch.Generator().manual_seed(1))
+    b = op.A_adjoint(op.A(x))
+    sol, iters = conjugate_gradient(op.A_adjoint_A, b, max_iter=10, tol=0.0)
+    assert torch.allclose(sol, b, atol=1e-5) and int(iters.max()) <= 2

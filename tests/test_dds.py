@@ -101,14 +101,16 @@ def test_noiseless_many_cg_iterations_fit_the_data_and_last_step_returns_x0():
     y = op.A(x_true)
     s = DDSScheduler(clip_sample=False)
     s.set_timesteps(10)
-    s.set_measurement(op, y, noiseless=True, cg_iters=200, cg_tol=1e-10)
+    # The data residual is bounded by cg_tol·‖Aᴴy‖ / σ_min⁺(A), and the smallest non-zero singular value of the
+    # 8×8 / 8-view projector is ~2e-5: tol 1e-13 keeps the residual ~1e-11, far below the 1e-6 bound.
+    s.set_measurement(op, y, noiseless=True, cg_iters=200, cg_tol=1e-13)
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     for t in s.timesteps:
         out = s.step(model(x, t).sample, t, x, eta=0.85)
         x = out.prev_sample
     assert torch.equal(x, out.pred_original_sample)  # last step returns the data-consistent x̂0'
     res = (op.A(x) - y).flatten(1).norm(dim=1) / y.flatten(1).norm(dim=1)
-    assert res.max() < 1e-6  # CG to tol 1e-10 on the normal equations: residual ~ 1e-8 relative
+    assert res.max() < 1e-6
     assert len(s.cg_iteration_history) == 10
     s.set_timesteps(5)
     assert s.cg_iteration_history == [] and s.cg_seconds == 0.0  # per-run state reset

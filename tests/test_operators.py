@@ -249,9 +249,9 @@ _NAN = torch.ones(N, N).index_put_((torch.tensor([0]), torch.tensor([0])), torch
     (lambda: ParallelBeamCT(N, []), ValueError, "angles .* is empty"),
     (lambda: ParallelBeamCT(N, [0.0], n_detectors=0), ValueError, "n_detectors must be >= 1"),
     (lambda: ParallelBeamCT(N, [0.0], n_detectors=2.5), TypeError, "n_detectors must be an int"),
-    (lambda: ParallelBeamCT(N, [0.0], dt=0.0), ValueError, "dt .* must be > 0"),
-    (lambda: ParallelBeamCT(N, [0.0], dt=-0.5), ValueError, "dt .* must be > 0"),
-    (lambda: ParallelBeamCT(N, [0.0], dt=float("nan")), ValueError, "dt .* must be finite"),
+    (lambda: ParallelBeamCT(N, [0.0], det_spacing=0.0), ValueError, "det_spacing .* must be > 0"),
+    (lambda: ParallelBeamCT(N, [0.0], det_spacing=-0.5), ValueError, "det_spacing .* must be > 0"),
+    (lambda: ParallelBeamCT(N, [0.0], det_spacing=float("nan")), ValueError, "det_spacing .* must be finite"),
     # blur kernels
     (lambda: Blur(torch.zeros(3, 3), (1, N, N)), ValueError, "kernel sums to 0"),
     (lambda: Blur(-gaussian_kernel(3, 1.0), (1, N, N)), ValueError, "kernel must be non-negative"),
@@ -297,7 +297,7 @@ def _norm_cases():
         "mri-multi-random-unit-maps": (MultiCoilMRI(torch.ones(N, N), unit), 1.0),
         "inpaint-one-pixel": (Inpainting(torch.zeros(N, N).index_put_((torch.tensor([5]),) * 2, torch.tensor(1.0)),
                                          (1, N, N)), 1.0),
-        "ct-one-view": (ParallelBeamCT(N, [33.0], n_detectors=3, dt=0.9), 1.0),
+        "ct-one-view": (ParallelBeamCT(N, [33.0], n_detectors=3, det_spacing=0.9), 1.0),
         # ... or at most 1, with the value stated by the constructor's contract
         "inpaint-soft": (Inpainting(half, (1, N, N)), 0.5),
         "mri-multi-half-maps": (MultiCoilMRI(torch.ones(N, N), 0.5 * unit), 0.5),
@@ -310,3 +310,70 @@ def test_the_norm_dds_gamma_relies_on_holds_for_accepted_operators(name):
     # power iteration converges from below; 300 float64 iterations reach these small operators' top eigenvalue to
     # 1e-6, and a wrong scale (an unnormalised kernel of sum 7, maps of RSS 3) is off by O(1)
     assert op.norm(n_iter=300) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("size", [(16, 16), (15, 17)])
+@pytest.mark.parametrize("kind", ["uniform1d", "gaussian2d"])
+def test_mri_normal_operator_equals_the_composition(size, kind):
+    """The shift-folded, coil-chunked AᴴA (1-D FFTs for column masks) is AᴴA to float64 round-off."""
+    g = torch.Generator().manual_seed(1)
+    m = make_mask(kind, size, 2, generator=g)
+    S = simulate_coil_sensitivities(3, size, g).to(torch.complex128)
+    ops = [SingleCoilMRI(m), MultiCoilMRI(m, S), MultiCoilMRI(m, torch.stack([S, S.flip(0)])),
+           RealInput(MultiCoilMRI(m, S)), AffineInput(MultiCoilMRI(m, S), 0.5, 0.25)]
+    assert ops[0]._dims == ((-1,) if kind == "uniform1d" else (-2, -1))
+    for op in ops:
+        x = op.random_input(generator=g)
+        ref = op.A_adjoint(op.A(x))
+        # Exact algebraic identity; only FFT round-off (~1e-16 relative) separates the two evaluations.
+        assert float((op.A_adjoint_A(x) - ref).abs().max() / ref.abs().max()) < 1e-12
+
+
+def test_multicoil_per_sample_maps_hold_a_fixed_batch():
+    g = torch.Generator().manual_seed(2)
+    m = uniform1d_mask(N, 4, generator=g)
+    S = torch.stack([simulate_coil_sensitivities(3, N, g) for _ in range(3)])
+    op = MultiCoilMRI(m, S)
+    assert op.fixed_batch == 3 and op.n_coils == 3 and RealInput(op).fixed_batch == 3
+    assert op.adjointness_test() < 1e-12  # batch defaults to fixed_batch
+    x = op.random_input(3)
+    y = op.A(x)
+    for b in range(3):  # sample b sees maps b only
+        single = MultiCoilMRI(m, S[b])
+        assert torch.allclose(y[b : b + 1], single.A(x[b : b + 1]), atol=1e-6)
+    with pytest.raises(ValueError, match="batch of 3"):
+        op.A(op.random_input(2))
+
+
+def test_ct_joseph_geometry_spacing_angles_and_gradients():
+    n = 24
+    # Any angles (unsorted, beyond 180°) and detector spacing keep the exact transpose.
+    op = ParallelBeamCT(n, torch.tensor([200.0, 10.0, 95.0, 44.9, 45.0, 300.0]), det_spacing=0.5)
+    assert op.n_det == math.ceil(math.sqrt(2) * n / 0.5)
+    assert op.adjointness_test() < 1e-12
+    # Joseph: two weights per ray and pixel row crossed, so nnz ≈ 2·V·N²·mean(max|cos|,|sin|)/spacing.
+    full = ParallelBeamCT(n, sparse_view_angles(12), normalize=False)
+    th = sparse_view_angles(12) * math.pi / 180
+    expected = 2 * 12 * n * n * float(torch.maximum(th.cos().abs(), th.sin().abs()).mean())
+    # Crossings next to the image edge have one weight inside and one outside: ~1/N of rows, 9 % at N = 24.
+    assert full.nnz == pytest.approx(expected, rel=0.12)
+    # A constant disc of radius r integrates to the chord 2√(r² − s²) on the central detector of every view.
+    c = torch.arange(n, dtype=torch.float64) - (n - 1) / 2
+    disc = ((c[:, None] ** 2 + c[None, :] ** 2) <= 8.0**2).to(torch.float64)[None, None]
+    sino = full.A(disc)
+    mid = sino[0, 0, :, full.n_det // 2 - 1 : full.n_det // 2 + 1].mean(-1)
+    assert torch.allclose(mid, torch.full_like(mid, 2 * math.sqrt(64 - 0.25)), rtol=0.06)  # pixelated disc edge
+    # DPS differentiates A: autograd through the sparse product is the stored transpose.
+    x = torch.randn(2, 1, n, n, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, *op.out_shape, dtype=torch.float64)
+    (op.A(x) * y).sum().backward()
+    assert torch.allclose(x.grad, op.A_adjoint(y), atol=1e-12)
+
+
+def test_power_iteration_start_and_early_stop():
+    op = ParallelBeamCT(16, sparse_view_angles(10), normalize=False)
+    ones = torch.ones(1, *op.in_shape, dtype=torch.float64)
+    ref = op.norm(n_iter=300)
+    # The top eigenvector of RᵀR is positive (non-negative matrix): a constant start converges in a few steps.
+    assert op.norm(n_iter=15, start=ones) == pytest.approx(ref, rel=1e-6)
+    assert op.norm(n_iter=300, start=ones, rtol=1e-9) == pytest.approx(ref, rel=1e-8)

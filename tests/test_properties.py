@@ -22,7 +22,7 @@ FAST = settings(max_examples=25, deadline=None, derandomize=True,
 
 #: Names a refusal may cite: the arguments and config keys of the API under test.
 ARGUMENTS = ("num_inference_steps", "lamb", "kappa", "lm_gamma", "lm_rank", "freeze", "lm_formula", "lm",
-             "sample", "model_output", "mask", "kernel", "image_shape", "angles", "n_detectors", "dt", "size",
+             "sample", "model_output", "mask", "kernel", "image_shape", "angles", "n_detectors", "det_spacing", "size",
              "sensitivities", "x", "y", "gamma", "cg_iters", "timestep", "eta")
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -89,9 +89,9 @@ def _operator(kind: str, data, C: int, H: int):
         return _refused_clearly(lambda: Blur(spoil(k), (C, H, H)))
     if kind == "ct":
         n_det = data.draw(st.sampled_from([None, 1, 4, 0, -2]), label="n_detectors")
-        dt = data.draw(st.sampled_from([0.5, 1.0, 0.0, -1.0, float("nan")]), label="dt")
+        dt = data.draw(st.sampled_from([0.5, 1.0, 0.0, -1.0, float("nan")]), label="det_spacing")
         angles = spoil(torch.tensor([0.0, 45.0, 90.0])) if bad != "zero" else torch.zeros(1)
-        return _refused_clearly(lambda: ParallelBeamCT(max(H, 2), angles, n_detectors=n_det, dt=dt))
+        return _refused_clearly(lambda: ParallelBeamCT(max(H, 2), angles, n_detectors=n_det, det_spacing=dt))
     if kind == "mri-single":
         return _refused_clearly(lambda: SingleCoilMRI(spoil(mask)))
     S = torch.randn(2, H, H, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))

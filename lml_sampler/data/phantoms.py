@@ -124,3 +124,50 @@ def random_complex_phantoms(n: int, size: int, generator: torch.Generator | None
     mag = random_ellipse_phantoms(n, size, generator)
     phase = random_smooth_phase(n, size, generator)
     return torch.cat([mag * torch.cos(phase), mag * torch.sin(phase)], dim=1)
+
+
+def random_ellipsoid_volume(
+    n_slices: int, size: int, generator: torch.Generator | None = None, supersample: int = 2
+) -> torch.Tensor:
+    """A random 3-D Shepp-Logan-like volume, float32 ``(n_slices, size, size)`` in ``[0, 1]``: the 3-D analogue of
+    :func:`random_ellipse_phantoms`, whose slices change smoothly along z (what TV-z regularisation exploits).
+
+    A bright shell (intensity 1) around a darker interior (0.1..0.35) holding ``MIN_INNER..MAX_INNER`` ellipsoids
+    of random centre, semi-axes, rotation about z and intensity (-0.15..+0.45), clamped to [0, 1]; the field of view
+    is [-1, 1]³ (z sampled at the slice centres), anti-aliased in-plane by ``supersample``.
+    """
+    _check(n_slices, size)
+    fine = size * supersample
+    xy = (torch.arange(fine, dtype=torch.float64) + 0.5) / fine * 2.0 - 1.0
+    z = (torch.arange(n_slices, dtype=torch.float64) + 0.5) / n_slices * 2.0 - 1.0
+    Z, Y, X = torch.meshgrid(z, xy, xy, indexing="ij")
+
+    def ellipsoid(c, axes, theta):
+        dx, dy, dz = X - c[0], Y - c[1], Z - c[2]
+        ct, st = math.cos(theta), math.sin(theta)
+        u, v = (ct * dx + st * dy) / axes[0], (-st * dx + ct * dy) / axes[1]
+        return ((u * u + v * v + (dz / axes[2]) ** 2) <= 1.0).to(torch.float64)
+
+    def draw(lo, hi):
+        return float(_uniform((), lo, hi, generator))
+
+    centre = [draw(-0.05, 0.05), draw(-0.05, 0.05), 0.0]
+    axes = [draw(0.6, 0.78), draw(0.72, 0.92), draw(0.9, 1.05)]
+    theta, thick = draw(-0.3, 0.3), draw(0.05, 0.09)
+    inner_axes = [a - thick for a in axes]
+    brain = ellipsoid(centre, inner_axes, theta)
+    vol = ellipsoid(centre, axes, theta) + brain * (draw(0.1, 0.35) - 1.0)
+    count = int(torch.randint(MIN_INNER, MAX_INNER + 1, (1,), generator=generator))
+    for _ in range(count):
+        r = 0.7 * draw(0.0, 1.0) ** (1 / 3)
+        phi, cos_pol = draw(0, 2 * math.pi), draw(-1.0, 1.0)
+        sin_pol = math.sqrt(1 - cos_pol**2)
+        c = [centre[0] + inner_axes[0] * r * sin_pol * math.cos(phi),
+             centre[1] + inner_axes[1] * r * sin_pol * math.sin(phi), inner_axes[2] * r * cos_pol]
+        sign = -1.0 if draw(0.0, 1.0) < 0.25 else 1.0
+        amp = sign * draw(0.08, 0.45) * (0.35 if sign < 0 else 1.0)
+        vol = vol + amp * ellipsoid(c, [draw(0.05, 0.28), draw(0.05, 0.2), draw(0.1, 0.4)], draw(0, math.pi)) * brain
+    vol = vol.clamp(0.0, 1.0)
+    if supersample > 1:
+        vol = F.avg_pool2d(vol[:, None], supersample)[:, 0]
+    return vol.to(torch.float32)

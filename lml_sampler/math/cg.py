@@ -53,7 +53,8 @@ def conjugate_gradient(
         b: right-hand side ``(B, ...)``, real or complex; dim 0 is the batch.
         x0: initial guess shaped like ``b`` (default zeros). It is not modified.
         max_iter: maximum number of iterations (>= 0); each costs one ``apply_A``.
-        tol: relative residual tolerance (>= 0): a sample stops once ``‖b - A x‖ <= tol * ‖b‖``.
+        tol: relative residual tolerance (>= 0): a sample stops once ``‖b - A x‖ <= max(tol, 4ε) * ‖b‖`` (ε the
+            dtype's machine epsilon: below it the residual is round-off).
 
     Returns:
         ``(x, iters)``: the solution shaped like ``b`` and an int64 ``(B,)`` tensor with the iterations each sample
@@ -84,7 +85,10 @@ def conjugate_gradient(
             raise ValueError(f"apply_A must preserve the shape {tuple(b.shape)}, got {tuple(r.shape)}")
     if max_iter == 0:
         return x, iters
-    threshold = tol * batch_dot(b, b).sqrt()
+    # A residual at the working precision's round-off is converged even for tol = 0: iterating on it divides noise by
+    # noise (for a projection such as single-coil MRI's AᴴA, the step size explodes and x with it).
+    eps = torch.finfo(b.real.dtype if b.is_complex() else b.dtype).eps
+    threshold = max(float(tol), 4 * eps) * batch_dot(b, b).sqrt()
     rs = batch_dot(r, r)
     active = rs.sqrt() > threshold
     # rs == 0 (exact solution or b == x0 == 0) is converged even when tol == 0.

@@ -66,6 +66,9 @@ class LinearOperator:
     #: ``"real"`` or ``"complex"`` domain / codomain.
     dtype: str = "real"
     range_dtype: str = "real"
+    #: ``None``: any batch size; an int: the operator differs per sample (e.g. per-slice coil maps) and takes
+    #: exactly this batch.
+    fixed_batch: int | None = None
 
     def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]):
         self.in_shape = tuple(int(s) for s in in_shape)
@@ -93,6 +96,11 @@ class LinearOperator:
         if tuple(t.shape[1:]) != shape or t.ndim != len(shape) + 1:
             raise ValueError(
                 f"{self.name}.{method}: {arg} must have shape (B, {', '.join(map(str, shape))}), got {tuple(t.shape)}"
+            )
+        if self.fixed_batch is not None and t.shape[0] != self.fixed_batch:
+            raise ValueError(
+                f"{self.name}.{method}: this operator holds per-sample parameters for a batch of {self.fixed_batch}, "
+                f"got a batch of {t.shape[0]}"
             )
         if kind == "complex" and not t.is_complex():
             raise TypeError(
@@ -134,13 +142,16 @@ class LinearOperator:
             y = torch.complex(y, torch.randn(y.shape, dtype=dtype, generator=generator, device=device))
         return y
 
-    def adjointness_test(self, batch: int = 2, dtype: torch.dtype = torch.float64, seed: int = 0) -> float:
+    def adjointness_test(self, batch: int | None = None, dtype: torch.dtype = torch.float64, seed: int = 0) -> float:
         """Relative error ``|<Ax, y> - <x, Aᴴy>| / (‖Ax‖‖y‖)`` for random ``x, y`` (0 for an exact adjoint).
+
+        ``batch`` defaults to 2 (``fixed_batch`` for per-sample operators).
 
         Uses the real inner product ``Re sum(conj(u) v)`` over the whole batch; float64 by default so that round-off
         (~1e-15) is far below the 1e-5 acceptance threshold used in the tests.
         """
         g = torch.Generator().manual_seed(seed)
+        batch = batch or self.fixed_batch or 2
         x, y = self.random_input(batch, dtype, g), self.random_output(batch, dtype, g)
         Ax, Ahy = self.A(x), self.A_adjoint(y)
         lhs = (Ax.conj() * y).real.sum() if Ax.is_complex() else (Ax * y).sum()
@@ -148,15 +159,26 @@ class LinearOperator:
         scale = Ax.abs().pow(2).sum().sqrt() * y.abs().pow(2).sum().sqrt()
         return float((lhs - rhs).abs() / scale.clamp_min(torch.finfo(dtype).tiny))
 
-    def norm(self, n_iter: int = 50, dtype: torch.dtype = torch.float64, seed: int = 0) -> float:
-        """Spectral norm ``‖A‖`` by power iteration on ``AᴴA`` (a lower bound that converges from below)."""
-        x = self.random_input(1, dtype, torch.Generator().manual_seed(seed))
+    def norm(self, n_iter: int = 50, dtype: torch.dtype = torch.float64, seed: int = 0,
+             start: torch.Tensor | None = None, rtol: float = 0.0) -> float:
+        """Spectral norm ``‖A‖`` by power iteration on ``AᴴA`` (a lower bound that converges from below).
+
+        ``start``: the initial vector ``(B, *in_shape)`` (default: standard normal, seeded); ``rtol``: stop once the
+        Rayleigh quotient changes by less than this fraction between iterations.
+        """
+        if start is None:
+            x = self.random_input(self.fixed_batch or 1, dtype, torch.Generator().manual_seed(seed))
+        else:
+            x = start.to(dtype if not start.is_complex() else start.dtype)
         lam = 0.0
         for _ in range(n_iter):
             x = x / x.abs().pow(2).sum().sqrt()
             z = self.A_adjoint_A(x)
-            lam = float((x.conj() * z).real.sum()) if z.is_complex() else float((x * z).sum())
-            x = z
+            new = float((x.conj() * z).real.sum()) if z.is_complex() else float((x * z).sum())
+            converged = abs(new - lam) <= rtol * abs(new)
+            lam, x = new, z
+            if converged:
+                break
         return math.sqrt(max(lam, 0.0))
 
     def __repr__(self) -> str:
@@ -178,7 +200,7 @@ class RealInput(LinearOperator):
             raise TypeError(f"RealInput wraps a complex-domain operator; {op.name} is already real")
         super().__init__(op.in_shape, op.out_shape)
         self.op = op
-        self.range_dtype = op.range_dtype
+        self.range_dtype, self.fixed_batch = op.range_dtype, op.fixed_batch
 
     @property
     def name(self) -> str:
@@ -193,6 +215,10 @@ class RealInput(LinearOperator):
 
     def _adjoint(self, y):
         return self.op.A_adjoint(y).real
+
+    def A_adjoint_A(self, x):
+        self._check(x, self.in_shape, self.dtype, "x", "A_adjoint_A")
+        return self.op.A_adjoint_A(x.to(torch.complex128 if x.dtype == torch.float64 else torch.complex64)).real
 
     def __getattr__(self, item):  # expose e.g. .mask, .sensitivities of the wrapped operator
         if item == "op":
@@ -213,7 +239,7 @@ class AffineInput(LinearOperator):
             raise ValueError("AffineInput: scale must be non-zero")
         super().__init__(op.in_shape, op.out_shape)
         self.op, self.scale, self.offset = op, float(scale), float(offset)
-        self.dtype, self.range_dtype = op.dtype, op.range_dtype
+        self.dtype, self.range_dtype, self.fixed_batch = op.dtype, op.range_dtype, op.fixed_batch
 
     @property
     def name(self) -> str:
@@ -227,6 +253,9 @@ class AffineInput(LinearOperator):
 
     def _adjoint(self, y):
         return self.scale * self.op.A_adjoint(y)
+
+    def A_adjoint_A(self, x):
+        return self.scale**2 * self.op.A_adjoint_A(x)
 
     def shift_measurement(self, y: torch.Tensor) -> torch.Tensor:
         """``y - A(offset)``: the measurement of the model-space image."""
