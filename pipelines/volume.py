@@ -74,26 +74,16 @@ class TVZScheduler(DDSScheduler):
             raise ValueError(f"admm_iters must be an int >= 1, got {admm_iters!r}")
         self.tv_lambda, self.rho, self.admm_iters = float(tv_lambda), float(rho or 1.0), admm_iters
 
-    def set_measurement(self, operator: LinearOperator, y: torch.Tensor, **kwargs) -> None:
-        super().set_measurement(operator, y, **kwargs)
-        self._tvz_AHy = operator.A_adjoint(y)
-
-    def data_consistency(self, x0: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    def data_consistency(self, x0: torch.Tensor, gamma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tv_lambda == 0 or self.cg_iters == 0 or x0.shape[0] < 2:
-            return super().data_consistency(x0, *args, **kwargs)
+            return super().data_consistency(x0, gamma)
         op = self.operator
         if op is None:
             raise RuntimeError("TVZScheduler: call set_measurement(operator, y, ...) before step()")
         z0 = to_operator_domain(x0, op)
-        AHy = self._tvz_AHy.to(device=z0.device, dtype=z0.dtype)
-        gamma, rho = self.gamma, self.rho
-        if self.noiseless:
-            normal, rhs0 = op.A_adjoint_A, AHy
-        else:
-            def normal(v):
-                return v + gamma * op.A_adjoint_A(v)
-
-            rhs0 = z0 + gamma * AHy
+        # γ: this step's proximal weight (noise-aware DC passes it, docs/dds.md §4), else the constant one
+        normal, rhs0 = self.normal_equations(z0, self.gamma if gamma is None else float(gamma))
+        rho = self.rho
 
         def system(v):  # the volume is one CG vector: (1, S, ...) <-> (S, ...)
             return (normal(v[0]) + rho * diff_z_adjoint(diff_z(v[0])))[None]

@@ -305,19 +305,23 @@ class DDSScheduler(DDIMScheduler):
         z = self._to_operator_domain(x0.float() if x0.dtype in (torch.float16, torch.bfloat16) else x0)
         if self.cg_iters == 0:
             return x0, torch.zeros(x0.shape[0], dtype=torch.int64, device=x0.device)
-        op = self._operator
-        gamma = self.gamma if gamma is None else float(gamma)
-        AHy = self._AHy.to(device=z.device, dtype=z.dtype)
-        if self.noiseless:
-            apply, b = op.A_adjoint_A, AHy
-        else:
-            def apply(v):
-                return v + gamma * op.A_adjoint_A(v)
-
-            b = z + gamma * AHy
+        apply, b = self.normal_equations(z, self.gamma if gamma is None else float(gamma))
         z_dc, iters = conjugate_gradient(apply, b, x0=z, max_iter=self.cg_iters, tol=self.cg_tol)
         x_dc = from_operator_domain(z_dc)
         return x_dc.to(x0.dtype), iters
+
+    def normal_equations(self, z: torch.Tensor, gamma: float):
+        """The linear system ``(N, b)`` of data consistency at the operator-domain ``x̂0`` ``z``: ``N = AᴴA``,
+        ``b = Aᴴy`` (noiseless) or ``N = I + γAᴴA``, ``b = z + γAᴴy`` (proximal) (docs/dds.md §3)."""
+        op = self._operator
+        AHy = self._AHy.to(device=z.device, dtype=z.dtype)
+        if self.noiseless:
+            return op.A_adjoint_A, AHy
+
+        def apply(v):
+            return v + gamma * op.A_adjoint_A(v)
+
+        return apply, z + gamma * AHy
 
     def _unclipped_x0(self, model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t: float) -> torch.Tensor:
         """Tweedie's x̂0 before clipping, as ``DDIMScheduler.step`` forms it (step 3)."""
