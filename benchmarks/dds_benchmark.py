@@ -273,15 +273,21 @@ def _noisy(row: str) -> bool:
 TIE_DB = 0.05
 
 
+def _score(record: dict) -> float:
+    """Mean PSNR, a diverged setting (non-finite PSNR) counting as the worst."""
+    v = _mean(record["psnr"])
+    return v if math.isfinite(v) else -math.inf
+
+
 def _best(records: list[tuple[dict, dict]]) -> tuple[dict, dict]:
-    """The (knobs, record) with the highest mean PSNR (first of equals)."""
-    return max(records, key=lambda kr: _mean(kr[1]["psnr"]))
+    """The (knobs, record) with the highest mean PSNR (first of equals; diverged settings last)."""
+    return max(records, key=lambda kr: _score(kr[1]))
 
 
 def _best_dds(records: list[tuple[dict, dict]]) -> tuple[dict, dict]:
     """The best DDS setting, ties (within :data:`TIE_DB`) going to the fewest CG iterations (first of equals)."""
-    top = _mean(_best(records)[1]["psnr"])
-    tied = [kr for kr in records if _mean(kr[1]["psnr"]) >= top - TIE_DB]
+    top = _score(_best(records)[1])
+    tied = [kr for kr in records if _score(kr[1]) >= top - TIE_DB]
     return min(tied, key=lambda kr: kr[0].get("cg_iters", 5))
 
 
