@@ -36,7 +36,11 @@ def lineage(info: dict) -> list[dict]:
     source = info["config"].get("init_from")
     if source and (Path(source) / "training.json").is_file():
         parent = json.loads((Path(source) / "training.json").read_text())
-        chain = (parent.get("lineage") or lineage(parent)) + chain
+        before = parent.get("lineage") or lineage(parent)
+        if parent.get("config") == info["config"]:
+            # the bundled weights are an earlier snapshot of this very run (shipped mid-run): not a warm start
+            before = before[:-1]
+        chain = before + chain
     return chain
 
 
