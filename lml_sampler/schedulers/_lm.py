@@ -59,9 +59,10 @@ LM_CONFIG_DOC = """
            diffusers default steps, far more than LML does; the best LML on default steps stays 1.05-85× worse
            than the best stock solver on a good discretisation.
         2. Then, if at all, `kappa=1e-3, lm_gamma=γ` on top of that discretisation, with γ tuned per model and step
-           count in 0.02-0.5 (small γ falls back to the parent). The best such scheduler measured 0.66-0.97× the
-           best stock solver's error (stationary Gaussian: 0.87× at 5 steps, 0.66× at 10; Gaussian mixture: 0.90×,
-           0.97×), short of the 0.8× the project holds LML to.
+           count in 0.02-0.5 (small γ falls back to the parent). The best such scheduler measured 0.66-1.03× the
+           best stock solver's error at 5 / 10 steps (stationary Gaussian 0.87× / 0.66×; Gaussian mixture 0.90× /
+           0.97×; empirical digits 0.79× / 0.86×; trained digits DDPM 0.91× / 1.03×), short of the 0.8× (0.9× on
+           the trained model) the project holds LML to.
 """
 
 
