@@ -113,9 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"{info['train_minutes']:.0f} | {_mb(WEIGHTS_DIR / prior):.1f} MB |")
         text = [f"**`{prior}`** ({quality['sampler']}, seed set 0):", ""]
         text += [f"- {t}" for t in targets(prior, quality)]
-        if cfg.get("init_from"):
-            text.append(f"- started from the weights of `{cfg['init_from']}`"
-                        + (f" ({info['replaced']['steps']} steps)" if info.get("replaced") else ""))
+        chain = info.get("lineage") or []
+        if len(chain) > 1:  # warm starts, oldest first (scripts/ship_prior.py lineage)
+            text.append("- trained in warm-started runs, oldest first: " + " → ".join(
+                f"{r['steps']} steps ({r['recipe'] or 'wave1'}, {r['train_minutes']:.0f} min)" for r in chain))
         if info.get("recipe_comparison"):
             text += ["", f"Recipes at equal CPU time (`python -m scripts.compare_recipes train {prior}`; CPU minutes "
                      "on a shared 2-core machine, so equal steps of the same architecture are equal compute):", "",

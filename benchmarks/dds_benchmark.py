@@ -466,7 +466,7 @@ def report_exact(out: Path, plan: Plan) -> str:
         "| problem | σ | steps | constant γ | noise-aware | target ≤ 0.10 |",
         "|---|---|---|---|---|---|",
     ]
-    met_all = True
+    met_all, n_met, n_cells = True, 0, 0
     for task in plan.exact_tasks:
         for sigma in plan.exact_sigmas:
             for steps in plan.exact_steps:
@@ -478,9 +478,11 @@ def report_exact(out: Path, plan: Plan) -> str:
                     continue
                 ok = a["error"] <= 0.10
                 met_all &= ok
+                n_met, n_cells = n_met + ok, n_cells + 1
                 lines.append(f"| {label[task]} | {sigma:g} | {steps} | {c['error']:.3f} ± {c['mc_se']:.3f} | "
                              f"{a['error']:.3f} ± {a['mc_se']:.3f} | {'met' if ok else 'not met'} |")
-    lines += ["", f"Every cell: {'met' if met_all else 'not met'}.", ""]
+    lines += ["", f"Noise-aware error ≤ 0.10 in every cell: {'met' if met_all else '**not met**'} ({n_met} of "
+                  f"{n_cells} measured cells within the target).", ""]
     abl = [v for v in EXACT_MAIN + EXACT_ABLATION if any(k[0] == "blur" and k[3] == v for k in cells)]
     if any(v in EXACT_ABLATION for v in abl):
         lines += ["**Variants on motion blur** (same instrument; the choice of the noise-aware rule): error of the "
