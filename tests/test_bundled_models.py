@@ -81,7 +81,9 @@ def test_bundled_pipeline_loads_offline_and_samples(name, size):
 
 def test_bundled_weights_total_size_is_small():
     total = sum(f.stat().st_size for f in WEIGHTS_DIR.rglob("*.safetensors"))
-    assert total < 12e6, f"bundled weights take {total / 1e6:.1f} MB"  # 2 x 4.5 MB UNets + 0.5 MB classifier
+    # 3 x 4.5 MB UNets (digits, phantoms, phantoms-complex) + 0.5 MB classifier = 14 MB; 16 MB leaves no room for a
+    # fourth model or a float64 export slipping in
+    assert total < 16e6, f"bundled weights take {total / 1e6:.1f} MB"
 
 
 def test_load_pipeline_local_folder(tmp_path):
