@@ -504,9 +504,15 @@ def report_exact(out: Path, plan: Plan) -> str:
 
 
 def _fmt(rec, key="psnr", digits=2) -> str:
+    """Mean ± std; samples that diverged (non-finite) are counted and left out of both, never hidden."""
     if rec is None:
         return "–"
-    return f"{_mean(rec[key]):.{digits}f} ± {_std(rec[key]):.{digits}f}"
+    finite = [v for v in rec[key] if math.isfinite(v)]
+    bad = len(rec[key]) - len(finite)
+    if not finite:
+        return f"diverged ({bad} of {bad})"
+    text = f"{_mean(finite):.{digits}f} ± {_std(finite):.{digits}f}"
+    return text + (f" (**{bad} of {len(rec[key])} diverged**)" if bad else "")
 
 
 def _braces(values) -> str:
