@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from lml_sampler._io import CellStore, atomic_write, atomic_write_json
+from lml_sampler._io import CellStore, atomic_write, atomic_write_json, check_output_folder
 from lml_sampler.pipelines.baselines import singular_values
 from lml_sampler.pipelines.reconstruct import load_prior
 from lml_sampler.pipelines.tasks import DDS_DEFAULTS, Task, dds_defaults_key, evaluate, make_task, run_method
@@ -721,9 +721,10 @@ def main(argv=None) -> int:
     p.add_argument("--stage", default="all", choices=("all", "report"))
     p.add_argument("--no-readme", action="store_true", help="do not update README.md (--quick never does)")
     args = p.parse_args(argv)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        print(f"dds_benchmark: --out {out} exists and is not a folder", file=sys.stderr)
+    try:
+        out = check_output_folder(args.out)
+    except ValueError as e:
+        print(f"dds_benchmark: {e}", file=sys.stderr)
         return 2
     rows = tuple(x for x in args.rows.split(",") if x)
     bad = [x for x in rows if x not in ROWS]

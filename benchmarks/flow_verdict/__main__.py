@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lml_sampler._io import CellStore
+from lml_sampler._io import CellStore, check_output_folder
 
 from .models import BENCHMARKS
 from .runner import run_benchmark, run_cfg
@@ -42,8 +42,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: unknown part(s) {unknown}; choose from {', '.join(PARTS)}", file=sys.stderr)
         raise SystemExit(2)
     out_dir = args.out or Path("runs") / ("flow_verdict_quick" if args.quick else "flow_verdict")
-    if out_dir.exists() and not out_dir.is_dir():
-        print(f"error: --out {out_dir} exists and is not a folder", file=sys.stderr)
+    try:
+        check_output_folder(out_dir)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
     warnings.filterwarnings("ignore", category=FutureWarning)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from lml_sampler._io import check_output_folder
+
 from benchmarks.readme import publish_image, update_readme_section
 from benchmarks.recommended import publish
 
@@ -69,8 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError:
         _fail(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
     out_dir = args.out or Path("runs") / ("lml_verdict_quick" if args.quick else "lml_verdict")
-    if out_dir.exists() and not out_dir.is_dir():
-        _fail(f"--out {out_dir} exists and is not a folder")
+    try:
+        check_output_folder(out_dir)
+    except ValueError as e:
+        _fail(str(e))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
