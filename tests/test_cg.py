@@ -135,3 +135,37 @@ def test_tol_zero_stops_at_round_off_on_a_projection():
     b = op.A_adjoint(op.A(x))
     sol, iters = conjugate_gradient(op.A_adjoint_A, b, max_iter=10, tol=0.0)
     assert torch.allclose(sol, b, atol=1e-5) and int(iters.max()) <= 2
+
+
+def test_far_initial_guess_on_a_projection_stays_finite():
+    """DDS starts CG at an early Tweedie x̂0, far larger than Aᴴy. On single-coil MRI's AᴴA (a projection) the
+    residual after one exact step is round-off of ‖r0‖, above 4ε‖b‖; iterating on it took a direction from the null
+    space (Rayleigh quotient ~1e-14) with a step of ~1e13 and returned x ~ 1e10 for 200 of 200 such draws before the
+    round-off floor scaled with ‖r0‖ and null-space directions counted as a breakdown."""
+    from lml_sampler.operators import SingleCoilMRI, uniform1d_mask
+
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        op = SingleCoilMRI(uniform1d_mask(32, 4, 0.08, generator=g))
+        truth = 0.3 * torch.randn(1, 1, 32, 32, generator=g, dtype=torch.complex64)
+        x0 = 20 * torch.randn(1, 1, 32, 32, generator=g, dtype=torch.complex64)
+        b = op.A_adjoint(op.A(truth))
+        x, iters = conjugate_gradient(op.A_adjoint_A, b, x0=x0, max_iter=5, tol=1e-6)
+        # the exact answer after one step: x0 with its range component replaced, x0 − P x0 + b
+        exact = x0 - op.A_adjoint_A(x0) + b
+        # float32 with ‖x0‖ ≈ 640: 1e-4 absolute is ~100 ulps of the largest entries
+        assert torch.allclose(x, exact, atol=1e-4), (seed, float((x - exact).abs().max()))
+        assert int(iters) <= 2
+
+
+def test_breakdown_freezes_only_that_sample():
+    """A PSD operator with a null space and b in its range: a sample whose search direction falls in the null space
+    stops; a batch neighbour on a definite system converges as if alone."""
+    P = torch.diag(torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64))
+    M = torch.stack([P, torch.eye(4, dtype=torch.float64) * 2])
+    b = torch.tensor([[1.0, 2.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    x0 = torch.tensor([[0.0, 0.0, 1e6, -1e6], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    x, iters = conjugate_gradient(_matvec(M), b, x0=x0, max_iter=10, tol=0.0)
+    assert torch.equal(x[0, 2:], x0[0, 2:])  # the null-space part of the guess is untouched
+    assert torch.allclose(x[0, :2], b[0, :2], atol=1e-12)
+    assert torch.allclose(x[1], b[1] / 2, atol=1e-12)

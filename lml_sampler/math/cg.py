@@ -42,7 +42,8 @@ def conjugate_gradient(
     """Solve ``A x = b`` for a Hermitian positive (semi-)definite ``A``, independently for every batch sample.
 
     Every sample has its own step sizes ``alpha, beta`` and its own stopping test ``‖r‖ <= tol * ‖b‖``; a sample
-    that has converged (or broken down, ``<p, A p> <= 0``) stops changing while the others continue, so the result
+    that has converged (or broken down: ``<p, A p>`` at or below working-precision round-off of ``‖A‖·‖p‖²``, i.e. p
+    in the null space of ``A``) stops changing while the others continue, so the result
     for a batch equals the results for its samples solved one by one. ``max_iter=0`` returns ``x0`` unchanged.
     The iterate after ``k`` steps minimises the ``A``-norm error over ``x0 + K_k(A, r0)``; stopping early
     (DDS uses 5 steps) therefore stays close to ``x0``.
@@ -53,8 +54,8 @@ def conjugate_gradient(
         b: right-hand side ``(B, ...)``, real or complex; dim 0 is the batch.
         x0: initial guess shaped like ``b`` (default zeros). It is not modified.
         max_iter: maximum number of iterations (>= 0); each costs one ``apply_A``.
-        tol: relative residual tolerance (>= 0): a sample stops once ``‖b - A x‖ <= max(tol, 4ε) * ‖b‖`` (ε the
-            dtype's machine epsilon: below it the residual is round-off).
+        tol: relative residual tolerance (>= 0): a sample stops once ``‖b - A x‖ <= tol * ‖b‖`` or the residual is at
+            round-off, ``<= 4ε·max(‖b‖, ‖r0‖)`` (ε the dtype's machine epsilon, r0 the initial residual).
 
     Returns:
         ``(x, iters)``: the solution shaped like ``b`` and an int64 ``(B,)`` tensor with the iterations each sample
@@ -86,11 +87,17 @@ def conjugate_gradient(
     if max_iter == 0:
         return x, iters
     # A residual at the working precision's round-off is converged even for tol = 0: iterating on it divides noise by
-    # noise (for a projection such as single-coil MRI's AᴴA, the step size explodes and x with it).
+    # noise (for a projection such as single-coil MRI's AᴴA, the step size explodes and x with it). The recursively
+    # updated residual is only accurate to about eps·‖r0‖, and ‖r0‖ can exceed ‖b‖ by orders of magnitude when x0 is
+    # far from the solution (DDS starts CG at an early, large Tweedie x̂0), so the floor scales with both.
     eps = torch.finfo(b.real.dtype if b.is_complex() else b.dtype).eps
-    threshold = max(float(tol), 4 * eps) * batch_dot(b, b).sqrt()
     rs = batch_dot(r, r)
+    b_norm = batch_dot(b, b).sqrt()
+    threshold = torch.maximum(max(float(tol), 4 * eps) * b_norm, 4 * eps * torch.maximum(b_norm, rs.sqrt()))
     active = rs.sqrt() > threshold
+    # The largest Rayleigh quotient <p, A p>/‖p‖² seen so far, a lower bound of ‖A‖: a direction whose quotient is
+    # below eps times it lies in the null space of A to working precision (a breakdown, however small pAp > 0 is).
+    rayleigh_max = torch.zeros_like(rs)
     # rs == 0 (exact solution or b == x0 == 0) is converged even when tol == 0.
     active &= rs > 0
     p = r.clone()
@@ -101,7 +108,10 @@ def conjugate_gradient(
         if Ap.shape != b.shape:
             raise ValueError(f"apply_A must preserve the shape {tuple(b.shape)}, got {tuple(Ap.shape)}")
         pAp = batch_dot(p, Ap)
-        ok = active & (pAp > 0)  # pAp <= 0: breakdown (p in the null space of a PSD A); freeze that sample
+        pp = batch_dot(p, p)
+        rayleigh_max = torch.maximum(rayleigh_max, torch.where(pp > 0, pAp / torch.where(pp > 0, pp, 1.0), 0.0))
+        # breakdown: p (numerically) in the null space of a PSD A; freeze that sample
+        ok = active & (pAp > 0) & (pAp > eps * rayleigh_max * pp)
         alpha = torch.where(ok, rs / torch.where(ok, pAp, torch.ones_like(pAp)), torch.zeros_like(rs))
         x = x + _bcast(alpha, x) * p
         r = r - _bcast(alpha, r) * Ap
