@@ -50,19 +50,42 @@ class Recommendation:
         return f"{r:.2f}× ({word})"
 
 
-def save(study: str, rows: list[Recommendation], folder: str | os.PathLike = ROWS_DIR) -> Path:
-    """Replace the stored rows of ``study``."""
-    if any(r.study != study for r in rows):
+@dataclass(frozen=True)
+class Trusted:
+    """For one parent scheduler at ``nfe``: the one LML setting that helped it on every exact-score model and did not
+    hurt the trained model (``lml`` None: "leave LML off", nothing did). Ratios are LML / the parent, both on the
+    discretisation in the name (flow: the parent at its better shift)."""
+
+    parent: str  # the parent scheduler, e.g. "DPMSolverMultistepScheduler (DPM-Solver++ 2M)"
+    nfe: int
+    lml: str | None  # registry name with its settings, e.g. "lml-dpm++2m-karras@kappa=0.001:lm_gamma=0.05"
+    worst_exact: float  # the largest LML / parent ratio over the exact-score models (of the best candidate)
+    worst_model: str  # the exact-score model where it is largest
+    trained: float  # LML / parent on the trained model (nan: no trained model in the study)
+    models: int  # exact-score models the setting was checked on
+    study: str
+
+    def helps(self) -> bool:
+        return self.lml is not None
+
+
+def save(study: str, rows: list[Recommendation], folder: str | os.PathLike = ROWS_DIR,
+         trusted: list[Trusted] = ()) -> Path:
+    """Replace the stored rows of ``study`` (its per-model rows and its trusted settings)."""
+    if any(r.study != study for r in [*rows, *trusted]):
         raise ValueError(f"every row of study {study!r} must have study={study!r}")
-    return atomic_write_json(Path(folder) / f"{study}.json", [asdict(r) for r in rows])
+    return atomic_write_json(Path(folder) / f"{study}.json",
+                             {"best": [asdict(r) for r in rows], "trusted": [asdict(t) for t in trusted]})
 
 
-def load_all(folder: str | os.PathLike = ROWS_DIR) -> list[Recommendation]:
-    """Every stored row, studies in file-name order."""
-    rows = []
+def load_all(folder: str | os.PathLike = ROWS_DIR) -> tuple[list[Recommendation], list[Trusted]]:
+    """Every stored row and trusted setting, studies in file-name order."""
+    rows, trusted = [], []
     for path in sorted(Path(folder).glob("*.json")):
-        rows += [Recommendation(**d) for d in json.loads(path.read_text())]
-    return rows
+        data = json.loads(path.read_text())
+        rows += [Recommendation(**d) for d in data["best"]]
+        trusted += [Trusted(**d) for d in data["trusted"]]
+    return rows, trusted
 
 
 def _error(x: float) -> str:
@@ -75,7 +98,29 @@ def on_default_steps(name: str) -> bool:
     return parsed.discretisation in (None, default_discretisation(parsed.solver))
 
 
-def markdown(rows: list[Recommendation]) -> str:
+def trusted_markdown(trusted: list[Trusted]) -> list[str]:
+    """The "settings a user can trust" table: one row per parent scheduler and NFE."""
+    if not trusted:
+        return []
+    lines = ["**Settings a user can trust.** Per parent scheduler and NFE, the one LML setting (discretisation, γ, "
+             "rank from the grid every model ran) whose worst LML / parent ratio over the exact-score models is "
+             f"smallest among those that do not hurt the trained model (ratio ≤ {1 + TIE:.2f}); it is recommended "
+             f"only if that worst ratio is below {1 - TIE:.2f} (it helped on every model), else \"leave LML off\". "
+             "Selected and measured on seed set 0; the parent runs on the same discretisation.", "",
+             "| parent scheduler | NFE | recommendation | worst LML / parent (exact models) | LML / parent "
+             "(trained digits) | measured by |", "|---|---|---|---|---|---|"]
+    for t in trusted:
+        rec = f"`{t.lml}`" if t.helps() else "**leave LML off**"
+        trained = f"{t.trained:.2f}" if math.isfinite(t.trained) else "not run"
+        worst = f"{t.worst_exact:.2f} ({t.worst_model}, {t.models} models)" if math.isfinite(t.worst_exact) else "—"
+        lines.append(f"| {t.parent} | {t.nfe} | {rec} | {worst} | {trained} | `python -m benchmarks.{t.study}` |")
+    helped = sum(t.helps() for t in trusted)
+    lines += ["", f"LML is recommended in {helped} of {len(trusted)} (parent, NFE) cells; the released default "
+              "(κ = 0, the parent exactly) stays the default."]
+    return lines
+
+
+def markdown(rows: list[Recommendation], trusted: list[Trusted] = ()) -> str:
     moved = [r for r in rows if not on_default_steps(r.stock)]
     suffixes = sorted({parse_sampler(r.stock).discretisation for r in moved})
     lines = ["Generated from the studies' results (`benchmarks/recommended/*.json`; each study's script rewrites "
@@ -94,13 +139,15 @@ def markdown(rows: list[Recommendation]) -> str:
                      f"{_error(r.lml_error)} | {r.verdict()} | `python -m benchmarks.{r.study}` |")
     metrics = list(dict.fromkeys(f"{r.model}: {r.metric}" for r in rows))
     lines += ["", "Errors: " + "; ".join(metrics) + "."]
+    if trusted:
+        lines = trusted_markdown(list(trusted)) + ["", "**Best per model.** " + lines[0], *lines[1:]]
     return "\n".join(lines)
 
 
 def publish(study: str, rows: list[Recommendation], readme: str | os.PathLike = README,
-            folder: str | os.PathLike = ROWS_DIR) -> str:
+            folder: str | os.PathLike = ROWS_DIR, trusted: list[Trusted] = ()) -> str:
     """Store ``study``'s rows and rebuild the README section ``recommended`` from every study's; returns it."""
-    save(study, rows, folder)
-    md = markdown(load_all(folder))
+    save(study, rows, folder, trusted)
+    md = markdown(*load_all(folder))
     update_readme_section("recommended", md, readme)
     return md

@@ -5,6 +5,7 @@ recommended-settings table."""
 from __future__ import annotations
 
 import json
+import types
 import math
 from dataclasses import asdict
 
@@ -354,11 +355,63 @@ def test_recommended_table_merges_studies_and_each_study_replaces_only_its_rows(
     assert "| Gaussian | 10 | `dpm++2m-lu`" in body and "| Gaussian | 5 |" not in body  # replaced, not appended
     assert "| flow model | 10 | `flow-euler-karras`" in body  # the other study's row stays
     assert "1.20× (hurts)" in body and "in 2 of 2 rows" in body
-    assert json.loads((folder / "flow_cfg.json").read_text())[0]["study"] == "flow_cfg"
+    assert json.loads((folder / "flow_cfg.json").read_text())["best"][0]["study"] == "flow_cfg"
     with pytest.raises(ValueError, match="study"):
         recommended.save("lml_verdict", [_rec("flow_cfg", "x", 5)], folder)
     assert _rec("s", "m", 5, err=(1.0, 0.5)).verdict() == "0.50× (helps)"
     assert _rec("s", "m", 5, err=(1.0, 1.01)).verdict() == "1.01× (no gain)"
+
+
+def _trusted(study, parent, nfe, lml, worst, trained=float("nan")):
+    return recommended.Trusted(parent=parent, nfe=nfe, lml=lml, worst_exact=worst, worst_model="GMM", trained=trained,
+                               models=3, study=study)
+
+
+def test_trusted_settings_table_lists_every_study_and_says_leave_lml_off(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- BEGIN: recommended -->\n<!-- END: recommended -->\n")
+    folder = tmp_path / "rows"
+    recommended.publish("lml_verdict", [_rec("lml_verdict", "Gaussian", 5)], readme, folder,
+                        trusted=[_trusted("lml_verdict", "DDIM", 5, None, 1.04, 1.0),
+                                 _trusted("lml_verdict", "DPM++", 5, "lml-dpm++2m@kappa=0.001:lm_gamma=0.5", 0.9, 0.95)])
+    recommended.publish("flow_verdict", [], readme, folder,
+                        trusted=[_trusted("flow_verdict", "Flow Euler", 8, "lml-flow-euler@kappa=0.001:lm_gamma=0.5", 0.3)])
+    body = readme.read_text()
+    assert "| DDIM | 5 | **leave LML off** | 1.04 (GMM, 3 models) | 1.00 |" in body
+    assert "| DPM++ | 5 | `lml-dpm++2m@kappa=0.001:lm_gamma=0.5` | 0.90 (GMM, 3 models) | 0.95 |" in body
+    assert "| Flow Euler | 8 | `lml-flow-euler@kappa=0.001:lm_gamma=0.5` | 0.30 (GMM, 3 models) | not run |" in body
+    assert "recommended in 2 of 3" in body and "Best per model" in body
+    with pytest.raises(ValueError, match="study"):
+        recommended.save("lml_verdict", [], folder, trusted=[_trusted("flow_verdict", "x", 5, None, 1.0)])
+
+
+def test_trusted_settings_pick_the_setting_that_helps_everywhere_and_spare_the_trained_model(monkeypatch):
+    """Three models, two γ on one parent: γ=0.5 helps most on the exact models but hurts the trained one, γ=0.05
+    helps everywhere a little; at NFE 10 nothing helps every exact model."""
+    from benchmarks.lml_verdict import report
+
+    grid = gamma_specs("quick", ("dpm++2m-linspace",))  # γ ∈ {0.05, 0.5}
+    small, large = grid[0].id, grid[1].id
+    values = {  # model -> NFE -> spec id -> seed-0 value
+        "gaussian": {5: {"dpm++2m-linspace": 1.0, small: 0.9, large: 0.5}, 10: {"dpm++2m-linspace": 1.0, small: 0.9, large: 1.2}},
+        "gmm": {5: {"dpm++2m-linspace": 2.0, small: 1.8, large: 1.0}, 10: {"dpm++2m-linspace": 1.0, small: 1.1, large: 0.8}},
+        "bundled": {5: {"dpm++2m-linspace": 3.0, small: 2.9, large: 3.6}, 10: {"dpm++2m-linspace": 3.0, small: 3.0, large: 3.0}},
+    }
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+            self.meta = types.SimpleNamespace(grid_specs=lambda: grid, tune_nfes=(5, 10))
+
+        def tuning_value(self, sid, nfe):
+            return values[self.name][nfe].get(sid)
+
+    rows = report.trusted_settings({n: Fake(n) for n in values})
+    by = {(r.parent.split(",")[1].split("→")[0].strip(), r.nfe): r for r in rows}
+    five, ten = by[("DPM-Solver++ 2M", 5)], by[("DPM-Solver++ 2M", 10)]
+    assert five.lml == grid[0].sampler_name() and five.worst_exact == pytest.approx(0.9)
+    assert five.trained == pytest.approx(2.9 / 3.0)
+    assert ten.lml is None and ten.worst_exact == pytest.approx(1.1)  # γ=0.05 is the least bad, and still hurts
 
 
 def test_lml_on_a_diverging_parent_is_stored_as_diverged_and_other_errors_propagate(tmp_path, monkeypatch):

@@ -68,8 +68,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     from benchmarks.readme import publish_image, update_readme_section
 
+    from benchmarks.recommended import publish
+
+    from .report import RECOMMENDED_NFES, best_rows, trusted
+
     md = markdown(store, nfes, args.quick, publish_image(plot_path, plot_path.name))
     update_readme_section("flow-verdict", md)
+    publish("flow_verdict", best_rows(store, RECOMMENDED_NFES), trusted=trusted(store, RECOMMENDED_NFES))
     print(md)
 
 

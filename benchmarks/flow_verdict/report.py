@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from lml_sampler._io import CellStore
+from lml_sampler.schedulers.registry import format_sampler
+
+from benchmarks.recommended import Recommendation, Trusted
 
 from .models import BENCHMARKS, CFG_REFERENCE
 from .runner import all_specs, cell_key, cfg_key, cfg_specs, select, select_cfg, stored
@@ -262,19 +265,28 @@ def plot(store: CellStore, path: Path, nfes, quick: bool) -> Path:
     return path
 
 
+#: The NFEs of the flow rows of the README's "Recommended settings".
+RECOMMENDED_NFES = (4, 8, 20)
+SHORT = {"gaussian-flow": "Gaussian flow", "gmm-flow": "GMM flow"}
 RECOMMEND_PARENTS = {"flow-euler": "FlowMatchEulerDiscreteScheduler → LMLFlowMatchEulerDiscreteScheduler",
                      "flow-dpm++2m": "DPMSolverMultistepScheduler (flow sigmas) → LMLDPMSolverMultistepScheduler"}
 
 
-def recommended(store: CellStore, nfes) -> list[tuple[str, int, FlowSpec | None, float]]:
+def registry_name(spec: FlowSpec) -> str:
+    """The registry name that reproduces ``spec`` (its settings after ``@``; κ as the tables write it)."""
+    return format_sampler(spec.sampler, {k: v for k, v in spec.config.items() if not (k == "lm_rank" and v == 1)})
+
+
+def trusted(store: CellStore, nfes) -> list[Trusted]:
     """Per parent scheduler and NFE: the one LML setting (γ, rank, shift; the grid both models ran) whose worst
-    ratio to the parent at its best shift, over both exact-score flow models on seed set 0, is smallest; None when
-    that worst ratio is not below 1 − TIE ("leave LML off")."""
+    ratio to the parent at its best shift, over both exact-score flow models on seed set 0, is smallest; recommended
+    only if that worst ratio is below 1 − TIE, else "leave LML off". There is no trained flow model in the
+    repository, so the trained-model check of the VP rows is not available (``trained`` nan)."""
     out = []
     for parent in RECOMMEND_PARENTS:
         candidates = [s for s in all_specs("reduced") if s.kind == "lml" and s.sampler.startswith(f"lml-{parent}")]
         for nfe in nfes:
-            worst: dict[str, float] = {}
+            worst: dict[str, tuple[float, str]] = {}
             complete = True
             for name in BENCHMARKS:
                 parent_vals = [c["value"] for sid in (parent, f"{parent}-shift3")
@@ -287,31 +299,49 @@ def recommended(store: CellStore, nfes) -> list[tuple[str, int, FlowSpec | None,
                     if c is None:  # a column still running: no recommendation from part of the grid
                         complete = False
                         break
-                    worst[s.id] = max(worst.get(s.id, 0.0), c["value"] / min(parent_vals))
+                    r = c["value"] / min(parent_vals)
+                    if s.id not in worst or r > worst[s.id][0]:
+                        worst[s.id] = (r, name)
             if not complete or not worst:
                 continue
-            sid = min(worst, key=worst.get)
+            sid = min(worst, key=lambda k: worst[k][0])
             spec = next(s for s in candidates if s.id == sid)
-            out.append((parent, nfe, spec if worst[sid] < 1 - TIE else None, worst[sid]))
+            r, model = worst[sid]
+            out.append(Trusted(parent=RECOMMEND_PARENTS[parent], nfe=nfe,
+                               lml=registry_name(spec) if r < 1 - TIE else None, worst_exact=r,
+                               worst_model=SHORT[model], trained=float("nan"),
+                               models=len(BENCHMARKS), study="flow_verdict"))
     return out
 
 
+def best_rows(store: CellStore, nfes) -> list[Recommendation]:
+    """Per exact-score flow model and NFE of the VP table: the best stock flow solver and the best LML scheduler
+    (chosen on seed set 0, errors the means over the report seed sets)."""
+    rows = []
+    for name in BENCHMARKS:
+        entries = benchmark_results(store, name, nfes)
+        bench = BENCHMARKS[name](False)
+        for nfe in nfes:
+            stock, lml = _best(entries, STOCK_FAMILIES, nfe), _best(entries, LML_FAMILIES, nfe)
+            if stock is None:
+                continue
+            rows.append(Recommendation(model=bench.title, nfe=nfe, metric=bench.metric_label,
+                                       stock=registry_name(stock.spec), stock_error=stock.mean,
+                                       lml=registry_name(lml.spec) if lml is not None else None,
+                                       lml_error=lml.mean if lml is not None else float("nan"), study="flow_verdict"))
+    return rows
+
+
 def recommended_table(store: CellStore, nfes) -> list[str]:
-    rows = recommended(store, nfes)
+    rows = trusted(store, nfes)
     if not rows:
         return []
     lines = ["**Recommended flow settings** (the one setting that helped the parent at its best shift on *both* "
-             "exact-score flow models, selected on seed set 0; the worst ratio is its larger LML / parent ratio of the two; there is "
-             "no trained flow model in the repository, so the \"did not hurt a trained model\" check of the VP table "
-             "is not available here):", "", "| parent → LML scheduler | NFE | setting | worst ratio |",
-             "|---|---|---|---|"]
-    for parent, nfe, spec, r in rows:
-        if spec is None:
-            setting = "leave LML off"
-        else:
-            c = spec.config
-            shift = ", shift=3.0" if "shift3" in spec.sampler else ""
-            setting = (f"`kappa=1e-3, lm_gamma={c['lm_gamma']:g}" + (f", lm_rank={c['lm_rank']}" if c["lm_rank"] > 1
-                                                                      else "") + f"{shift}`")
-        lines.append(f"| {RECOMMEND_PARENTS[parent]} | {nfe} | {setting} | {r:.2f} |")
+             "exact-score flow models, selected on seed set 0; the worst ratio is its larger LML / parent ratio of "
+             "the two; there is no trained flow model in the repository, so the \"did not hurt a trained model\" "
+             "check of the VP table is not available here; the same rows are in \"Recommended settings\" above):",
+             "", "| parent → LML scheduler | NFE | setting | worst ratio |", "|---|---|---|---|"]
+    for t in rows:
+        setting = f"`{t.lml}`" if t.helps() else "leave LML off"
+        lines.append(f"| {t.parent} | {t.nfe} | {setting} | {t.worst_exact:.2f} ({t.worst_model}) |")
     return lines

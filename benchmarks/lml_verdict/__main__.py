@@ -29,7 +29,7 @@ from benchmarks.readme import publish_image, update_readme_section
 from benchmarks.recommended import publish
 
 from .benchmarks import BENCHMARKS
-from .report import markdown, recommendations, target_sentence, tuning_lines, write_plots
+from .report import markdown, recommendations, target_sentence, trusted_settings, tuning_lines, write_plots
 from .runner import collect_all, run_benchmark
 from .specs import NFES, REPORT_SEEDS, TUNE_SEED
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     update_readme_section("verdict", md)
     update_readme_section("tuning", "\n".join(tuning_lines(results)))
     update_readme_section("headline", target_sentence(results) + " (\"Does LML help?\" below.)")
-    publish("lml_verdict", recommendations(results))
+    publish("lml_verdict", recommendations(results), trusted=trusted_settings(results))
     print(md)
 
 

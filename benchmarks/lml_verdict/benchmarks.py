@@ -45,7 +45,17 @@ from lml_sampler.eval import (
 from lml_sampler.sampling import sample
 
 from .estimators import full_fd, stationary_fd
-from .specs import BASE_CONFIG, NFES, OFFICIAL, REPORT_SEEDS, STOCK_SOLVERS, TUNE_SEED, stock_names
+from .specs import (
+    BASE_CONFIG,
+    GOAL_NFES,
+    NFES,
+    OFFICIAL,
+    REPORT_SEEDS,
+    STOCK_SOLVERS,
+    TUNE_NFES,
+    TUNE_SEED,
+    stock_names,
+)
 
 #: Sample index of the floors' generators: far above any sampler cell's sample indices.
 FLOOR_STREAM = 10**6
@@ -96,6 +106,9 @@ class Benchmark(abc.ABC):
     n: int
     nfes: tuple[int, ...]
     tune_nfes: tuple[int, ...]  # NFEs tuned on seed set 0 (others use the nearest tuned NFE)
+    #: The NFEs whose seed-0 stock values choose the discretisations the LML families run on (None: ``tune_nfes``);
+    #: fixed, so that tuning at one more NFE adds cells without changing the grid of the others.
+    rank_nfes: tuple[int, ...] | None = None
     grid_level: str
     stock: tuple[str, ...]  # stock names (solver-discretisation)
     official: tuple[str, ...]  # ids of the released-expression specs (specs.OFFICIAL)
@@ -186,7 +199,7 @@ class GMMBenchmark(Benchmark):
             name="gmm", title="Gaussian mixture: 10 diagonal components fitted to the 8×8 digits (exact score)",
             metric_label="pixel Fréchet distance to the exact mixture moments", model=gmm,
             shape=tuple(gmm.data_shape), base_config=dict(BASE_CONFIG), n=512 if quick else 2000,
-            nfes=(5, 10) if quick else NFES, tune_nfes=(5, 10),
+            nfes=(5, 10) if quick else NFES, tune_nfes=(5, 10) if quick else TUNE_NFES, rank_nfes=GOAL_NFES,
             grid_level="quick" if quick else "reduced", stock=stock_names(QUICK_SOLVERS if quick else STOCK_SOLVERS),
             official=REDUCED_OFFICIAL, lml_top=1 if quick else 2, dim=gmm.dim, denoiser=gmm,
             truth=mixture_moments(weights.numpy(), means.numpy(), variances.numpy()),
@@ -231,7 +244,7 @@ class EmpiricalBenchmark(Benchmark):
             name="empirical", title="Empirical digits 16×16 (exact score of the 1438 training images)",
             metric_label="domain FID (digits-features) vs training set", model=emp, shape=tuple(emp.data_shape),
             base_config=dict(BASE_CONFIG), n=512 if quick else 2000, nfes=(5, 10) if quick else NFES,
-            tune_nfes=(5, 10), grid_level="quick" if quick else "reduced",
+            tune_nfes=(5, 10) if quick else TUNE_NFES, rank_nfes=GOAL_NFES, grid_level="quick" if quick else "reduced",
             stock=stock_names(QUICK_SOLVERS if quick else STOCK_SOLVERS), official=REDUCED_OFFICIAL,
             lml_top=1 if quick else 2, dim=emp.dim, denoiser=emp, fid=DomainFID.against(digits_dataset(16, "train")),
         )
@@ -265,7 +278,8 @@ class BundledBenchmark(Benchmark):
             name="bundled", title=f"Bundled digits DDPM (trained UNet{trained})",
             metric_label="domain FID (digits-features) vs held-out test digits", model=unet,
             shape=(unet.config.in_channels, size, size), base_config=config, n=128 if quick else 256,
-            nfes=(5, 10) if quick else NFES, tune_nfes=(5, 10), grid_level="quick",
+            nfes=(5, 10) if quick else NFES, tune_nfes=(5, 10) if quick else TUNE_NFES, rank_nfes=GOAL_NFES,
+            grid_level="quick",
             # a UNet call costs ~100x an analytic one: no Euler and no beta σ, the worst solver and the worst
             # discretisation on all three exact-score models
             stock=stock_names(QUICK_SOLVERS if quick else BUNDLED_SOLVERS, exclude=("beta",)),

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.recommended import Recommendation
+from benchmarks.recommended import Recommendation, Trusted
 
 from .benchmarks import BENCHMARKS
 from .runner import Best, BenchmarkResults, Row
@@ -509,6 +509,62 @@ def recommendations(results: dict[str, BenchmarkResults]) -> list[Recommendation
                 stock_error=stock.value, lml=lml.spec.sampler_name() if lml.found else None,
                 lml_error=lml.value if lml.found else float("nan"), study="lml_verdict"))
     return rows
+
+
+#: The parent schedulers of the trusted-settings table, by LML parent solver.
+PARENT_LABELS = {
+    "ddim": "DDIMScheduler → LMLDDIMScheduler",
+    "dpm++2m": "DPMSolverMultistepScheduler, DPM-Solver++ 2M → LMLDPMSolverMultistepScheduler",
+    "dpm++3m": "DPMSolverMultistepScheduler, DPM-Solver++ 3M → LMLDPMSolverMultistepScheduler",
+    "dpm": "DPMSolverMultistepScheduler, DPM-Solver 3 → LMLDPMSolverMultistepScheduler",
+}
+#: The trained model: a setting must not hurt it; every other benchmark is an exact-score model.
+TRAINED = "bundled"
+
+
+def trusted_settings(results: dict[str, BenchmarkResults]) -> list[Trusted]:
+    """Per LML parent and NFE tuned on every model: the deterministic LML spec (discretisation, γ, rank) run on
+    seed set 0 by every exact-score model whose worst LML / parent ratio over them is smallest, among those whose
+    ratio on the trained model is at most 1 + TIE (where the trained model's smaller grid has the spec: else its
+    ratio is nan, unchecked, and a checked setting that helps is preferred); recommended (``lml`` set) only if that
+    worst ratio is below 1 − TIE. The parent is the stock solver on the spec's own discretisation."""
+    exact = [name for name in results if name != TRAINED]
+    if not exact:
+        return []
+    grids = [{s.id: s for s in results[name].meta.grid_specs() if s.kind == "lml"} for name in exact]
+    common = [sid for sid in grids[0] if all(sid in g for g in grids[1:])]
+    nfes = sorted(set.intersection(*(set(res.meta.tune_nfes) for res in results.values())))
+    out = []
+    for parent in LML_PARENTS:
+        candidates = [grids[0][sid] for sid in common if split_stock(grids[0][sid].base)[0] == parent]
+        for nfe in nfes:
+            best = None  # (worst exact ratio, its model, trained ratio, spec)
+            for spec in candidates:
+                ratios = {}
+                for name, res in results.items():
+                    v, p = res.tuning_value(spec.id, nfe), res.tuning_value(spec.base, nfe)
+                    if v is None or p is None or not math.isfinite(p) or p <= 0:
+                        if name == TRAINED:  # not run on the trained model (its grid is smaller): unchecked there
+                            continue
+                        break
+                    ratios[name] = v / p
+                else:
+                    trained = ratios.get(TRAINED, float("nan"))
+                    if TRAINED in ratios and not trained <= 1 + TIE:  # hurt the trained model (or diverged there)
+                        continue
+                    model = max(exact, key=lambda n: ratios[n])
+                    # a setting that helps first, among those one checked on the trained model, then the smallest
+                    # worst ratio
+                    key = (ratios[model] >= 1 - TIE, TRAINED not in ratios, ratios[model])
+                    if best is None or key < best[0]:
+                        best = (key, model, trained, spec)
+            if best is None:
+                continue
+            (_, _, worst), model, trained, spec = best
+            out.append(Trusted(parent=PARENT_LABELS[parent], nfe=nfe,
+                               lml=spec.sampler_name() if worst < 1 - TIE else None, worst_exact=worst,
+                               worst_model=SHORT[model], trained=trained, models=len(exact), study="lml_verdict"))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -319,7 +319,9 @@ def tuning_values(store: CellStore, store_key: str, names: Iterable[str],
 def lml_grid(bench: Benchmark, seed0: dict[str, dict[int, float]]) -> list[Spec]:
     """The tuned specs of ``bench``: per LML parent, the γ family on the default and the ``lml_top`` best other
     discretisations (all for None), the rank-k family on the default and the 2 best, the Langevin corrector on the
-    default and the best one; "best" by the stock solver's seed-0 values ``seed0``."""
+    default and the best one; "best" by the stock solver's seed-0 values ``seed0`` at ``bench.rank_nfes``."""
+    if bench.rank_nfes is not None:
+        seed0 = {n: {k: v for k, v in vals.items() if k in bench.rank_nfes} for n, vals in seed0.items()}
     specs: list[Spec] = []
     for parent in LML_PARENTS:
         if default_stock(parent) not in bench.stock:
@@ -576,6 +578,11 @@ class BenchmarkResults:
         """``key`` of the cell (spec, NFE) on each report seed set that has it."""
         cells = [stored_result(self.store, cell_key(self.store_key, spec_id, nfe, s)) for s in self.meta.report_seeds]
         return [c[key] for c in cells if c is not None and key in c]
+
+    def tuning_value(self, spec_id: str, nfe: int) -> float | None:
+        """The seed-set-0 value of the cell (spec, NFE) (inf: diverged), or None where it has not run."""
+        c = stored_result(self.store, cell_key(self.store_key, spec_id, nfe, TUNE_SEED))
+        return None if c is None else (c["value"] if math.isfinite(c["value"]) else float("inf"))
 
     def best(self, nfe: int, keep: Callable[[str], bool]) -> Best:
         """The smallest finite mean at ``nfe`` among the rows whose family passes ``keep``."""

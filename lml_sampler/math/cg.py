@@ -101,6 +101,10 @@ def conjugate_gradient(
     # rs == 0 (exact solution or b == x0 == 0) is converged even when tol == 0.
     active &= rs > 0
     p = r.clone()
+    # ‖p‖² by the recurrence ‖r + βp‖² = ‖r‖² + β²‖p‖² (r ⟂ p in CG): only the breakdown test reads it, so it needs no
+    # inner product of its own. The loop keeps the number of tensor operations small: at 32×32 an iteration's cost is
+    # their dispatch, not their arithmetic.
+    pp = rs.clone()
     for _ in range(max_iter):
         if not bool(active.any()):
             break
@@ -108,17 +112,18 @@ def conjugate_gradient(
         if Ap.shape != b.shape:
             raise ValueError(f"apply_A must preserve the shape {tuple(b.shape)}, got {tuple(Ap.shape)}")
         pAp = batch_dot(p, Ap)
-        pp = batch_dot(p, p)
-        rayleigh_max = torch.maximum(rayleigh_max, torch.where(pp > 0, pAp / torch.where(pp > 0, pp, 1.0), 0.0))
-        # breakdown: p (numerically) in the null space of a PSD A; freeze that sample
-        ok = active & (pAp > 0) & (pAp > eps * rayleigh_max * pp)
-        alpha = torch.where(ok, rs / torch.where(ok, pAp, torch.ones_like(pAp)), torch.zeros_like(rs))
-        x = x + _bcast(alpha, x) * p
-        r = r - _bcast(alpha, r) * Ap
+        rayleigh_max = torch.maximum(rayleigh_max, pAp / pp.clamp_min(torch.finfo(pp.dtype).tiny))
+        # pAp <= eps·‖A‖·‖p‖² (which includes pAp <= 0): breakdown, p in the null space of a PSD A; freeze the sample
+        ok = active & (pAp > eps * rayleigh_max * pp)
+        alpha = torch.where(ok, rs / pAp, 0.0)  # the masked-out quotients may be inf or nan: never used
+        step = _bcast(alpha, x)
+        x = x + step * p
+        r = r - step * Ap
         rs_new = batch_dot(r, r)
-        iters += ok.to(torch.int64)
-        beta = torch.where(ok, rs_new / torch.where(ok, rs, torch.ones_like(rs)), torch.zeros_like(rs))
+        iters += ok
+        beta = torch.where(ok, rs_new / rs, 0.0)
         p = r + _bcast(beta, p) * p
+        pp = torch.where(ok, rs_new + beta * beta * pp, pp)
         rs = torch.where(ok, rs_new, rs)
-        active = ok & (rs_new.sqrt() > threshold) & (rs_new > 0)
+        active = ok & (rs_new > threshold * threshold) & (rs_new > 0)
     return x, iters
