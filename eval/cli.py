@@ -285,6 +285,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .models import BUILTIN_MODELS
     from .sweep import DEFAULT_MODELS, DEFAULT_NFE, DEFAULT_SAMPLERS
 
     p = OneLineParser(prog="lml-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -300,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="model × sampler × NFE grid → results.csv/.json/.md, fid_vs_nfe.png, grids/")
     s.add_argument("--out", required=True, help="output folder (re-running resumes)")
     s.add_argument("--models", type=_parse_list, default=DEFAULT_MODELS,
-                   help="comma list: digits, gmm, gaussian, or pipeline folders / Hub ids (default: digits,gmm)")
+                   help=f"comma list from {', '.join(BUILTIN_MODELS)} (the *-flow models take the flow-* samplers), "
+                        f"or pipeline folders / Hub ids (default: {','.join(DEFAULT_MODELS)})")
     s.add_argument("--samplers", type=_parse_list, default=DEFAULT_SAMPLERS,
                    help=f"comma list from {', '.join(sampler_names())}, each optionally with a discretisation "
                         "suffix (-karras, -lu, -exp, -beta, -trailing, ...) and settings, e.g. "

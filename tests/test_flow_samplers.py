@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
@@ -102,3 +104,20 @@ def test_flow_verdict_quick_cells_and_report(tmp_path):
     assert "best LML / best stock" in md and "FlowMatch Heun" in md
     # the precision check ran on the report seed set
     assert store.results("gaussian-flow/_dtype/*/result.json")
+
+
+def test_lml_eval_sweep_reruns_the_flow_study_end_to_end(tmp_path):
+    """`lml-eval sweep --models gmm-flow` with the flow samplers: the exact-score flow model, flow schedulers and LML on
+    top run through the one sweep, and the recommended flow-Euler setting beats its parent at NFE 4 there."""
+    from lml_sampler.eval import cli
+
+    out = tmp_path / "sweep"
+    assert cli.main(["sweep", "--out", str(out), "--models", "gmm-flow", "--samplers",
+                     "flow-euler,lml-flow-euler@kappa=0.001:lm_gamma=1", "--nfe", "4", "--num-samples", "256",
+                     "--metrics", "fid", "--no-progress"]) == 0
+    rows = {r["sampler_name"]: r for r in json.loads((out / "results.json").read_text())}
+    stock, lml = rows["flow-euler"], rows["lml-flow-euler"]
+    assert stock["nfe_measured"] == lml["nfe_measured"] == 4
+    assert lml["kappa"] == 1e-3 and lml["lm_gamma"] == 1.0 and stock["kappa"] is None
+    # measured 9.87 ± 0.29 vs 6.15 ± 0.22 (jackknife SE, N = 256): 0.8 leaves > 5 SE of room on either side
+    assert lml["fid"] < 0.8 * stock["fid"]
