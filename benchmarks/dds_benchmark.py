@@ -109,7 +109,7 @@ class Plan:
     # η ∈ {0, 0.5} were tried on MRI 4 coils ×4 σ=0.05 and CT 8 views with the shipped phantoms prior and lost there by
     # 0.4–2.7 dB at every (clip, M); likewise DPS ζ = 1 at 50 NFE (below 17 dB on both).
     dds_grid: dict = field(default_factory=lambda: dict(clip=(False, True), cg_iters=(5, 10, 20), eta=(0.85, 1.0)))
-    prior_variances: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0)
+    prior_variances: tuple[float, ...] = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
     gamma_factors: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)  # constant γ = factor/σ² (official form)
     dps_zetas: tuple[float, ...] = (3.0, 10.0, 30.0)
     big_zetas: tuple[float, ...] = (1.0, 3.0, 10.0)
@@ -285,10 +285,11 @@ def _best(records: list[tuple[dict, dict]]) -> tuple[dict, dict]:
 
 
 def _best_dds(records: list[tuple[dict, dict]]) -> tuple[dict, dict]:
-    """The best DDS setting, ties (within :data:`TIE_DB`) going to the fewest CG iterations (first of equals)."""
+    """The best DDS setting, ties (within :data:`TIE_DB`) going to the fewest CG iterations, then to x̂0 clipping on
+    (it bounds an early, large Tweedie x̂0 before data consistency at no cost), then to the first of equals."""
     top = _score(_best(records)[1])
     tied = [kr for kr in records if _score(kr[1]) >= top - TIE_DB]
-    return min(tied, key=lambda kr: kr[0].get("cg_iters", 5))
+    return min(tied, key=lambda kr: (kr[0].get("cg_iters", 5), not kr[0].get("clip", False)))
 
 
 def dds_grid(plan: Plan) -> list[dict]:
@@ -604,7 +605,8 @@ def report(r: Runner, tuned: dict, screens: dict, zetas: dict) -> str:
               f"DDS x̂0 clipping on/off × M ∈ {_braces(g['cg_iters'])} × DDNM-form η ∈ {_braces(g['eta'])}, then on "
               f"noisy rows the prior variance v ∈ {_braces(plan.prior_variances)} of the noise-aware weight or a "
               f"constant γ ∈ {_braces(plan.gamma_factors)}/σ² at the best (clip, M, η); settings within {TIE_DB} dB "
-              f"count as tied and the fewest CG iterations wins. DPS ζ ∈ {_braces(plan.dps_zetas)} at 50 NFE and "
+              "count as tied and the fewest CG iterations, then x̂0 clipping on, wins. "
+              f"DPS ζ ∈ {_braces(plan.dps_zetas)} at 50 NFE and "
               f"{_braces(plan.big_zetas)} at {big} NFE (on {plan.n_valid_big} validation phantom"
               f"{'s' if plan.n_valid_big > 1 else ''}); DPS clips x̂0 as the released code does. CG-LS iterations "
               f"{_braces(plan.cgls_iters)}, pinv rcond {_braces(plan.pinv_rconds)}, TV λ {_braces(plan.tv_lambdas)} (300 "

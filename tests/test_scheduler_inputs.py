@@ -127,3 +127,34 @@ def test_official_ddim_freeze_follows_the_release_timestep_rule():
     assert counted["official"] == [False, False] + [True] * 8  # t = 900, 800 frozen (official corrects the first
     # unfrozen step even without a previous vector: u = v then)
     assert counted["stable"] == [False] * 3 + [True] * 7
+
+
+@pytest.mark.parametrize("cls", [LMLDDIMScheduler, LMLDPMSolverMultistepScheduler, LMLFlowMatchEulerDiscreteScheduler])
+def test_lm_gamma_auto_is_the_rule_at_the_run_step_count(cls, tmp_path):
+    """``lm_gamma="auto"`` samples exactly as the rule's γ given explicitly, per run (a second set_timesteps with
+    another step count changes it), and saves and loads as "auto"."""
+    from lml_sampler.schedulers._lm import auto_lm_gamma
+    from scheduler_fixtures import full_loop, smooth_model
+
+    auto = cls(kappa=1e-3, lm_gamma="auto")
+    for steps in (5, 12):
+        gamma = auto_lm_gamma(steps)
+        assert torch.equal(full_loop(auto, smooth_model, steps=steps),
+                           full_loop(cls(kappa=1e-3, lm_gamma=gamma), smooth_model, steps=steps))
+        assert auto.resolved_lm_gamma == gamma
+    assert auto_lm_gamma(5) != auto_lm_gamma(12)  # the test above compares two different γ
+    auto.save_pretrained(tmp_path)
+    assert cls.from_pretrained(tmp_path).config.lm_gamma == "auto"
+
+
+def test_lm_gamma_auto_rule_and_bad_strings():
+    from lml_sampler.schedulers._lm import auto_lm_gamma
+    from lml_sampler.schedulers.registry import make_scheduler
+
+    assert [auto_lm_gamma(n) for n in (1, 5, 7, 8, 10, 20, 1000)] == [0.5, 0.5, 0.5, 0.05, 0.05, 0.05, 0.05]
+    with pytest.raises(ValueError, match="lm_gamma must be a number > 0 or 'auto'"):
+        LMLDPMSolverMultistepScheduler(kappa=1e-3, lm_gamma="Auto")
+    with pytest.raises(ValueError, match="kappa is 0"):
+        LMLDPMSolverMultistepScheduler(lm_gamma="auto")
+    s = make_scheduler("lml-dpm++2m@kappa=1e-3:lm_gamma=auto", LMLDPMSolverMultistepScheduler().config)
+    assert s.config.lm_gamma == "auto"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.recommended import Recommendation, Trusted
+from lml_sampler.schedulers._lm import auto_lm_gamma
 
 from .benchmarks import BENCHMARKS
 from .runner import Best, BenchmarkResults, Row
@@ -430,6 +431,7 @@ def markdown(results: dict[str, BenchmarkResults], quick: bool, plot_link: str, 
         "",
         *headline_table(results),
         *instability_lines(results),
+        *gamma_transfer_lines(results),
     ]
     if ratio_link:
         lines += [f"![best LML / best stock]({ratio_link})", ""]
@@ -509,6 +511,93 @@ def recommendations(results: dict[str, BenchmarkResults]) -> list[Recommendation
                 stock_error=stock.value, lml=lml.spec.sampler_name() if lml.found else None,
                 lml_error=lml.value if lml.found else float("nan"), study="lml_verdict"))
     return rows
+
+
+#: The parent of the γ-transfer check: DPM-Solver++ 2M on its diffusers default steps (every model runs its γ family).
+GAMMA_RULE_PARENT = "dpm++2m"
+
+
+def gamma_transfer(results: dict[str, BenchmarkResults]) -> tuple[list[int], dict[str, dict[int, tuple[float, float]]],
+                                                                   dict[str, dict[int, float]], dict[int, float]]:
+    """Whether one γ per NFE transfers across models, for rank-1 LML on :data:`GAMMA_RULE_PARENT`'s default steps.
+
+    Returns ``(nfes, best, held_out, rule)``: ``best[model][nfe] = (γ, LML/parent)`` of the model's own best γ on
+    seed set 0, ``held_out[model][nfe]`` the LML/parent ratio on ``model`` of the γ chosen on the *other* models (the
+    one whose worst ratio over them is smallest; γ from the grid every model ran), i.e. an ``lm_gamma="auto"`` rule
+    validated on a model it was not fitted on, and ``rule[nfe]`` the γ chosen that way on all models.
+    """
+    base = default_stock(GAMMA_RULE_PARENT)
+    grids = {name: {s.settings["gamma"]: s.id for s in res.meta.grid_specs()
+                    if s.kind == "lml" and s.base == base and s.settings["rank"] == 1} for name, res in results.items()}
+    grids = {n: g for n, g in grids.items() if g}
+    if len(grids) < 2:
+        return [], {}, {}, {}
+    common = sorted(set.intersection(*(set(g) for g in grids.values())))
+    nfes = sorted(set.intersection(*(set(results[n].meta.tune_nfes) for n in grids)))
+
+    def ratio(name: str, gamma: float, nfe: int) -> float | None:
+        v, p = results[name].tuning_value(grids[name][gamma], nfe), results[name].tuning_value(base, nfe)
+        return None if v is None or p is None or not p > 0 else v / p
+
+    best: dict[str, dict[int, tuple[float, float]]] = {}
+    held_out: dict[str, dict[int, float]] = {}
+    rule: dict[int, float] = {}
+    for nfe in nfes:
+        table = {n: {g: r for g in grids[n] if (r := ratio(n, g, nfe)) is not None} for n in grids}
+        if not all(table[n] and all(g in table[n] for g in common) for n in grids):
+            continue
+        for n in grids:
+            g = min(table[n], key=table[n].get)
+            best.setdefault(n, {})[nfe] = (g, table[n][g])
+            others = [m for m in grids if m != n]
+            chosen = min(common, key=lambda g: max(table[m][g] for m in others))
+            held_out.setdefault(n, {})[nfe] = table[n][chosen]
+        rule[nfe] = min(common, key=lambda g: max(table[m][g] for m in grids))
+    return [k for k in nfes if any(k in b for b in best.values())], best, held_out, rule
+
+
+def gamma_transfer_lines(results: dict[str, BenchmarkResults]) -> list[str]:
+    nfes, best, held_out, rule = gamma_transfer(results)
+    if not nfes:
+        return []
+    lines = [f"**Does one γ per NFE transfer across models?** (an `lm_gamma=\"auto\"` rule) Rank-1 LML on "
+             f"`{default_stock(GAMMA_RULE_PARENT)}`, seed set 0: each model's best γ with its LML / parent ratio, and the "
+             "ratio on that model of the γ chosen on the *other* models (smallest worst ratio over them, from the γ "
+             "grid every model ran): a rule fitted without the model, validated on it.", "",
+             "| model | " + " | ".join(f"NFE {k}: best γ (ratio) | held-out rule" for k in nfes) + " |",
+             "|---" * (2 * len(nfes) + 1) + "|"]
+    for name, by_nfe in best.items():
+        cells = []
+        for k in nfes:
+            if k in by_nfe:
+                g, r = by_nfe[k]
+                cells += [f"{g:g} ({r:.2f})", f"{held_out[name][k]:.2f}"]
+            else:
+                cells += ["—", "—"]
+        lines.append(f"| {SHORT[name]} | " + " | ".join(cells) + " |")
+    hurt = [(SHORT[n], k, r) for n, v in held_out.items() for k, r in v.items() if r > 1 + TIE]
+    spread = {k: [best[n][k][0] for n in best if k in best[n]] for k in nfes}
+    span = "; ".join(f"NFE {k}: γ {min(v):g}–{max(v):g}" for k, v in spread.items() if v)
+    default = [c.lml_default.value / c.stock.value for c in headline(results)
+               if c.nfe in GOAL_NFES and c.stock.found and c.lml_default.found]
+    fitted = ", ".join(f"γ = {g:g} at NFE {k}" for k, g in rule.items())
+    shipped = {k: auto_lm_gamma(k) for k in rule}
+    same = all(shipped[k] == g for k, g in rule.items())
+    auto = ("`lm_gamma=\"auto\"` (`lml_sampler.schedulers._lm.AUTO_GAMMA`) " + (
+        "equals it." if same else "**differs** from it: " + ", ".join(f"NFE {k}: {shipped[k]:g}" for k in rule) + "."))
+    if hurt:
+        verdict = ("**A rule fitted on the other models hurts the held-out one** in " + ", ".join(
+            f"{m} at NFE {k} ({r:.2f})" for m, k, r in hurt) + f"; the best γ spans {span}. Fitted on all models: "
+            f"{fitted}; {auto} The rule does not transfer: tune γ per model.")
+    else:
+        verdict = (f"A rule fitted on the other models never hurts the held-out one ({span}). Fitted on all models: "
+                   f"{fitted}; {auto} It holds on these default steps only")
+        verdict += (f": LML on default steps is {min(default):.2f}–{max(default):.2f}× the error of the best stock "
+                    "solver on its best discretisation (NFE 5 and 10), and on the better discretisations the setting "
+                    "that helps differs per parent and model (\"Recommended settings\"): fix the discretisation "
+                    "first, then tune γ there (κ = 0, the parent exactly, stays the default)." if default else ".")
+    lines += ["", verdict, ""]
+    return lines
 
 
 #: The parent schedulers of the trusted-settings table, by LML parent solver.

@@ -29,6 +29,18 @@ LM_CONFIG_DEFAULTS: dict[str, object] = {
     "lm_gamma": None,
 }
 
+#: The opt-in ``lm_gamma="auto"`` rule, (largest step count, γ) in order: γ = 0.5 up to 7 steps, 0.05 from 8 on. These
+#: are the γ that, on DPM-Solver++ 2M's default steps, helped every model of the VP study at NFE 5 and at NFE 10 and
+#: 20 (chosen from the grid all four models ran, each step count taking its nearest measured NFE), and that a rule
+#: fitted without a model never hurt on it (README "Does LML help?", docs/lml.md §9).
+AUTO_GAMMA: tuple[tuple[float, float], ...] = ((7, 0.5), (float("inf"), 0.05))
+
+
+def auto_lm_gamma(num_steps: int) -> float:
+    """γ of the ``lm_gamma="auto"`` rule for a run of ``num_steps`` steps (:data:`AUTO_GAMMA`)."""
+    return next(g for last, g in AUTO_GAMMA if num_steps <= last)
+
+
 LM_CONFIG_DOC = """
         lamb (`float`, defaults to 1.0):
             The LM damping λ > 0 of H = λI + u uᵀ. It acts only through γ = κ‖v‖²/λ, so it is not transferable across
@@ -48,9 +60,12 @@ LM_CONFIG_DOC = """
         lm_rank (`int`, defaults to 1):
             Number k of previous vectors in H = λI + Σ_j u_j u_jᵀ, u_j = κ·p_j + (1 − κ)·v (Woodbury, stable form of
             `lml_sampler.math.lowrank.lm_direction`). 1 is the released operator. Costs O(k²·d) per step, no NFE.
-        lm_gamma (`float`, *optional*):
+        lm_gamma (`float` or `"auto"`, *optional*):
             Scale-free strength γ = κ‖v‖²/λ. When set, λ is chosen per sample and step as κ‖v‖²/γ (`lamb` is
-            ignored), so one γ transfers across models, resolutions, guidance scales and step counts. Needs κ > 0.
+            ignored), so one γ carries across models, resolutions and guidance scales at a fixed step count (the best
+            γ still moves with the step count and the model). Needs κ > 0. `"auto"`: γ by step count, 0.5 up to 7
+            steps and 0.05 from 8 (`auto_lm_gamma`), the rule that helped every model of the VP study on
+            DPM-Solver++ 2M's default steps; on other discretisations and solvers tune γ instead (docs/lml.md §9).
 
     Recommended settings (measured on the exact-score benchmarks, README "Does LML help?" and "Recommended
     settings"):
@@ -132,7 +147,7 @@ class LMSettings:
     freeze: float
     lm_formula: str
     lm_rank: int
-    lm_gamma: float | None
+    lm_gamma: float | str | None
 
     @classmethod
     def from_config(cls, config) -> "LMSettings":
@@ -155,7 +170,11 @@ class LMSettings:
         if not isinstance(values["lm"], bool):
             raise TypeError(f"lm must be a bool, got {values['lm']!r}")
         if values["lm_gamma"] is not None:
-            check_float(values["lm_gamma"], "lm_gamma", positive=True)
+            if isinstance(values["lm_gamma"], str):
+                if values["lm_gamma"] != "auto":
+                    raise ValueError(f"lm_gamma must be a number > 0 or 'auto', got {values['lm_gamma']!r}")
+            else:
+                check_float(values["lm_gamma"], "lm_gamma", positive=True)
             if values["kappa"] == 0:
                 raise ValueError("lm_gamma needs kappa > 0, but kappa is 0 (at κ = 0 the correction is the identity "
                                  "and γ = κ‖v‖²/λ cannot be set): pass e.g. kappa=1e-3 with lm_gamma")
@@ -204,6 +223,12 @@ class LMStateMixin:
         lm = self._lm
         return lm.lm and (lm.kappa > 0 or lm.lm_formula == "official")
 
+    @property
+    def resolved_lm_gamma(self) -> float | None:
+        """The γ this run uses: ``lm_gamma``, or for ``"auto"`` the rule's value at the steps set by ``set_timesteps``."""
+        gamma = self._lm.lm_gamma
+        return auto_lm_gamma(len(self.timesteps)) if gamma == "auto" else gamma
+
     def _is_frozen(self, step_index: int, timestep=None) -> bool:
         """Stable rule: step i of the N set by ``set_timesteps`` is corrected when i >= freeze·N (docs/lml.md §8)."""
         return step_index < self._lm.freeze * len(self.timesteps)
@@ -227,7 +252,7 @@ class LMStateMixin:
             return lm_direction(v, history, lm.lamb, lm.kappa)
         # λ = κ‖v‖²/γ per sample. A non-finite sample has no λ: it passes through unchanged (and stays non-finite),
         # so it spoils only itself, as in plain LML, instead of the whole batch.
-        lamb = gamma_to_lamb(v, lm.kappa, lm.lm_gamma)
+        lamb = gamma_to_lamb(v, lm.kappa, self.resolved_lm_gamma)
         bad = ~torch.isfinite(lamb)
         if not bool(bad.any()):
             return lm_direction(v, history, lamb, lm.kappa)
@@ -237,4 +262,4 @@ class LMStateMixin:
         return torch.where(per_sample(bad, v), v.double(), out)
 
 
-__all__ = ["LM_CONFIG_DEFAULTS", "LM_CONFIG_DOC", "LM_FORMULAS", "LMSettings", "LMStateMixin", "extend_init_signature", "same_signature_as", "split_lm_kwargs"]
+__all__ = ["AUTO_GAMMA", "auto_lm_gamma", "LM_CONFIG_DEFAULTS", "LM_CONFIG_DOC", "LM_FORMULAS", "LMSettings", "LMStateMixin", "extend_init_signature", "same_signature_as", "split_lm_kwargs"]
