@@ -417,7 +417,9 @@ def _merged(cells: list[dict]) -> dict | None:
 # exact-Gaussian cells
 # ---------------------------------------------------------------------------------------------------------------------
 
-EXACT_MAIN = ("constant", "noise-aware")
+#: The table's columns; the target is checked on the last (the noise-aware rule with its CG subproblem solved to
+#: about 1e-3: multi-coil MRI at σ = 0.01 has γ_t up to 5000, and 20 iterations leave its proximal step unconverged).
+EXACT_MAIN = ("constant", "noise-aware", "noise-aware-m50")
 EXACT_ABLATION = ("constant-m20", "noise-aware-m5", "gamma-t-official-direction", "discrepancy")
 
 
@@ -461,30 +463,32 @@ def report_exact(out: Path, plan: Plan) -> str:
         "samples would remove). DDS: DDNM-form η = 0.85, no clipping. **Constant γ** = the official proximal step "
         "with γ = 1/σ², M = 5; **noise-aware** = `noise_std=σ` (γ_t = r_t²/σ², 2r_t²/σ² on complex MRI data, r_t² the posterior variance of x0 "
         "given x_t under an isotropic prior of the true per-pixel variance 0.25, and the noise direction re-derived "
-        "from the corrected x̂0'; docs/dds.md §4), M = 20. Target: noise-aware ≤ 0.10 in every cell. Produced by "
-        "`python -m benchmarks.dds_benchmark --parts exact`.",
+        "from the corrected x̂0'; docs/dds.md §4) with M = 20 and M = 50 CG iterations (M = 50 solves the proximal "
+        "problem to about 1e-3 also where γ_t reaches 5000, multi-coil MRI at σ = 0.01). Target: noise-aware ≤ 0.10 "
+        "in every cell, checked at M = 50. Produced by `python -m benchmarks.dds_benchmark --parts exact`.",
         "",
-        "| problem | σ | steps | constant γ | noise-aware | target ≤ 0.10 |",
-        "|---|---|---|---|---|---|",
+        "| problem | σ | steps | constant γ | noise-aware, M = 20 | noise-aware, M = 50 | target ≤ 0.10 |",
+        "|---|---|---|---|---|---|---|",
     ]
-    met_all, n_met, n_cells = True, 0, 0
+    met_all, n_met, n_cells, n20 = True, 0, 0, 0
     for task in plan.exact_tasks:
         for sigma in plan.exact_sigmas:
             for steps in plan.exact_steps:
-                c, a = cells.get((task, sigma, steps, "constant")), cells.get((task, sigma, steps, "noise-aware"))
-                if c is None or a is None:
+                found = [cells.get((task, sigma, steps, v)) for v in EXACT_MAIN]
+                text = [f"{x['error']:.3f} ± {x['mc_se']:.3f}" if x else "not run" for x in found]
+                if found[-1] is None:
                     met_all = False
-                    text = [f"{x['error']:.3f} ± {x['mc_se']:.3f}" if x else "not run" for x in (c, a)]
-                    lines.append(f"| {label[task]} | {sigma:g} | {steps} | {text[0]} | {text[1]} | not run |")
+                    lines.append(f"| {label[task]} | {sigma:g} | {steps} | " + " | ".join(text) + " | not run |")
                     continue
-                ok = a["error"] <= 0.10
+                ok = found[-1]["error"] <= 0.10
                 met_all &= ok
                 n_met, n_cells = n_met + ok, n_cells + 1
-                lines.append(f"| {label[task]} | {sigma:g} | {steps} | {c['error']:.3f} ± {c['mc_se']:.3f} | "
-                             f"{a['error']:.3f} ± {a['mc_se']:.3f} | {'met' if ok else 'not met'} |")
-    lines += ["", f"Noise-aware error ≤ 0.10 in every cell: {'met' if met_all else '**not met**'} ({n_met} of "
-                  f"{n_cells} measured cells within the target).", ""]
-    abl = [v for v in EXACT_MAIN + EXACT_ABLATION if any(k[0] == "blur" and k[3] == v for k in cells)]
+                n20 += found[1] is not None and found[1]["error"] <= 0.10
+                lines.append(f"| {label[task]} | {sigma:g} | {steps} | " + " | ".join(text)
+                             + f" | {'met' if ok else 'not met'} |")
+    lines += ["", f"Noise-aware error ≤ 0.10 in every cell (M = 50): {'met' if met_all else '**not met**'} ({n_met} of "
+                  f"{n_cells} measured cells within the target; {n20} of them at M = 20).", ""]
+    abl = [v for v in EXACT_MAIN[:2] + EXACT_ABLATION if any(k[0] == "blur" and k[3] == v for k in cells)]
     if any(v in EXACT_ABLATION for v in abl):
         lines += ["**Variants on motion blur** (same instrument; the choice of the noise-aware rule): error of the "
                   "sample mean, mean CG iterations per step in brackets.", "",

@@ -52,6 +52,7 @@ PIXEL_VARIANCE = 0.25
 VARIANTS = {
     "constant": ("constant γ = 1/σ², M = 5", {"kind": "constant", "cg_iters": 5}),
     "noise-aware": ("noise-aware γ_t, M = 20", {"kind": "noise-aware", "cg_iters": 20}),
+    "noise-aware-m50": ("noise-aware γ_t, M = 50", {"kind": "noise-aware", "cg_iters": 50}),
     "constant-m20": ("constant γ = 1/σ², M = 20", {"kind": "constant", "cg_iters": 20}),
     "noise-aware-m5": ("noise-aware γ_t, M = 5", {"kind": "noise-aware", "cg_iters": 5}),
     "gamma-t-official-direction": ("γ_t, official noise direction, M = 20", {"kind": "gamma-t", "cg_iters": 20}),

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lml_sampler.schedulers.registry import default_discretisation, parse_sampler
+
 from benchmarks.lml_verdict.specs import KAPPA_GAMMA, REPORT_SEEDS, TIE, TUNE_SEED
 
 #: The flow study's γ grids (rank 1; rank k): the VP verdict's full grid without its smallest γ.
@@ -59,7 +61,11 @@ class FlowSpec:
 
     def describe(self) -> str:
         s = self.config
-        shift = "shift 3" if "shift3" in self.sampler else "shift 1"
+        if "flow" in self.sampler:
+            shift = "shift 3" if "shift3" in self.sampler else "shift 1"
+        else:  # a VP scheduler (the guidance study): its discretisation instead of a time shift
+            parsed = parse_sampler(self.sampler)
+            shift = parsed.discretisation or default_discretisation(parsed.solver)
         if self.kind == "lml":
             return f"γ={s['lm_gamma']:g}" + (f", k={s['lm_rank']}" if s.get("lm_rank", 1) > 1 else "") + f", {shift}"
         return shift
@@ -85,8 +91,9 @@ def official_specs() -> list[FlowSpec]:
                      f"lml-flow-euler{_suffix(k)}", settings) for k in SHIFTS]
 
 
-#: γ grids by level: "full" (Gaussian), "reduced" (mixture, guidance: a model call costs ~10× more), "quick".
-LEVELS = {"full": (GAMMAS, RANK_GAMMAS, (2, 3)), "reduced": ((0.1, 0.5, 1.0, 2.0), (0.5, 1.0), (2,)),
+#: γ grids by level: "full" (Gaussian), "reduced" (mixture, guidance: a model call costs ~10× more), "quick". The
+#: smallest γ (0.02) is nearly the parent itself, so a tuned LML can always fall back to about its parent.
+LEVELS = {"full": (GAMMAS, RANK_GAMMAS, (2, 3)), "reduced": ((0.02, 0.05, 0.1, 0.5, 1.0, 2.0), (0.5, 1.0), (2,)),
           "quick": ((0.5,), (0.5,), (2,))}
 
 

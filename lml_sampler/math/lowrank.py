@@ -140,8 +140,9 @@ def lm_columns(v: torch.Tensor, history: list[torch.Tensor], kappa: float) -> to
 def gamma_to_lamb(v: torch.Tensor, kappa: float, gamma: float) -> torch.Tensor:
     """The per-sample damping λ = κ‖v‖²/γ that gives the LM correction the scale-free strength γ (docs/lml.md §4).
 
-    γ = κ‖v‖²/λ is the deflection the correction applies (tan θ ≈ γ‖p⊥v‖/‖v‖); fixing γ instead of λ makes one value
-    transfer across models, resolutions, guidance scales and step counts, because LM(c·v; c·p) = c·LM(v; p).
+    γ = κ‖v‖²/λ is the deflection the correction applies (tan θ ≈ γ‖p⊥v‖/‖v‖); fixing γ instead of λ makes the
+    setting independent of the output's scale, because LM(c·v; c·p) = c·LM(v; p), while λ grows with ‖v‖² (with the
+    resolution, say). The best γ still depends on the step count and the model (docs/lml.md §9).
     """
     if not gamma > 0:
         raise ValueError(f"lm_gamma must be > 0, got {gamma!r}")
