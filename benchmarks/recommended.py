@@ -78,10 +78,15 @@ def save(study: str, rows: list[Recommendation], folder: str | os.PathLike = ROW
                              {"best": [asdict(r) for r in rows], "trusted": [asdict(t) for t in trusted]})
 
 
+#: Studies listed first, in this order (VP before flow matching); any other study follows in file-name order.
+STUDY_ORDER = ("lml_verdict", "flow_verdict")
+
+
 def load_all(folder: str | os.PathLike = ROWS_DIR) -> tuple[list[Recommendation], list[Trusted]]:
-    """Every stored row and trusted setting, studies in file-name order."""
+    """Every stored row and trusted setting, studies in :data:`STUDY_ORDER`, then in file-name order."""
     rows, trusted = [], []
-    for path in sorted(Path(folder).glob("*.json")):
+    rank = {name: i for i, name in enumerate(STUDY_ORDER)}
+    for path in sorted(Path(folder).glob("*.json"), key=lambda p: (rank.get(p.stem, len(rank)), p.stem)):
         data = json.loads(path.read_text())
         rows += [Recommendation(**d) for d in data["best"]]
         trusted += [Trusted(**d) for d in data["trusted"]]

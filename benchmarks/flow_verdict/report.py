@@ -311,13 +311,17 @@ def registry_name(spec: FlowSpec) -> str:
 
 
 def trusted(store: CellStore, nfes) -> list[Trusted]:
-    """Per parent scheduler and NFE: the one LML setting (γ, rank, shift; the grid both models ran) whose worst
+    """Per parent scheduler and NFE: the one LML setting (γ, rank, shift; from the grid both models ran) whose worst
     ratio to the parent at its best shift, over both exact-score flow models on seed set 0, is smallest; recommended
     only if that worst ratio is below 1 − TIE, else "leave LML off". There is no trained flow model in the
     repository, so the trained-model check of the VP rows is not available (``trained`` nan)."""
     out = []
     for parent in RECOMMEND_PARENTS:
-        candidates = [s for s in all_specs("reduced") if s.kind == "lml" and s.sampler.startswith(f"lml-{parent}")]
+        # the grid every model runs: the intersection of the models' grid levels
+        levels = [BENCHMARKS[name](False).grid_level for name in BENCHMARKS]
+        ids = set.intersection(*({s.id for s in all_specs(level)} for level in levels))
+        candidates = [s for s in all_specs(levels[0]) if s.id in ids and s.kind == "lml"
+                      and s.sampler.startswith(f"lml-{parent}")]
         for nfe in nfes:
             worst: dict[str, tuple[float, str]] = {}
             complete = True
