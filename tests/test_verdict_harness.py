@@ -388,8 +388,6 @@ def test_trusted_settings_table_lists_every_study_and_says_leave_lml_off(tmp_pat
 def test_trusted_settings_pick_the_setting_that_helps_everywhere_and_spare_the_trained_model(monkeypatch):
     """Three models, two γ on one parent: γ=0.5 helps most on the exact models but hurts the trained one, γ=0.05
     helps everywhere a little; at NFE 10 nothing helps every exact model."""
-    from benchmarks.lml_verdict import report
-
     grid = gamma_specs("quick", ("dpm++2m-linspace",))  # γ ∈ {0.05, 0.5}
     small, large = grid[0].id, grid[1].id
     values = {  # model -> NFE -> spec id -> seed-0 value
@@ -486,3 +484,27 @@ def test_report_seed_sets_run_the_best_stock_by_seed_set_0_and_every_default():
     picked = [s.id for s in runner.report_stock(seed0, stock, 5, 1)]
     # the 2 best (a NaN ranks last), and the defaults of DDIM (trailing) and DPM-Solver++ 2M (linspace)
     assert picked == ["ddim-trailing", "ddim-linspace", "dpm++2m-linspace", "dpm++2m-karras"]
+
+
+def test_gamma_transfer_holds_out_each_model():
+    """γ ∈ {0.05, 0.5} on DPM-Solver++ 2M's default steps, three models: the γ chosen on A and B (0.5) hurts C, so
+    the held-out check says so; fitted on all three the rule picks 0.05 (the smallest worst ratio)."""
+    base = default_stock("dpm++2m")
+    grid = gamma_specs("quick", (base,))
+    small, large = grid[0].id, grid[1].id
+    ratios = {"gaussian": (0.9, 0.5), "gmm": (0.95, 0.6), "empirical": (0.98, 1.3)}  # (γ=0.05, γ=0.5)
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+            self.meta = types.SimpleNamespace(grid_specs=lambda: grid, tune_nfes=(5,))
+
+        def tuning_value(self, sid, nfe):
+            return {base: 2.0, small: 2.0 * ratios[self.name][0], large: 2.0 * ratios[self.name][1]}.get(sid)
+
+    results = {n: Fake(n) for n in ratios}
+    nfes, best, held_out, rule = report.gamma_transfer(results)
+    assert nfes == [5] and rule == {5: 0.05}
+    assert best["gaussian"][5] == (0.5, pytest.approx(0.5)) and best["empirical"][5] == (0.05, pytest.approx(0.98))
+    assert held_out["empirical"][5] == pytest.approx(1.3)  # fitted on the others: γ = 0.5
+    assert held_out["gaussian"][5] == pytest.approx(0.9)  # fitted on gmm + empirical: γ = 0.05
