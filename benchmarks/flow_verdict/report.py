@@ -259,7 +259,37 @@ def markdown(store: CellStore, nfes, quick: bool, plot_link: str) -> str:
             lines += [f"**Classifier-free guidance, {kind}** (digits GMM 8×8, exact conditional and unconditional "
                       "scores; seed set 1 reported):", ""] + table + [""]
             cfg_out[kind] = r
+    lines[1:1] = summary_lines(headline, cfg_out)
     return "\n".join(lines)
+
+
+def _nfe_list(nfes) -> str:
+    return ", ".join(map(str, sorted(nfes))) or "none"
+
+
+def summary_lines(headline: dict[str, dict[int, float]], cfg_out: dict[str, dict[tuple[float, int], float]]) -> list[str]:
+    """The section's plain verdict: per model the NFEs where the best LML beats, ties or loses to the best stock
+    flow solver, and per guidance study the (w, NFE) cells LML wins."""
+    if not headline:
+        return []
+    parts = []
+    for name, r in headline.items():
+        better = [k for k, v in r.items() if v < 1 - TIE]
+        worse = [k for k, v in r.items() if v > 1 + TIE]
+        par = [k for k in r if k not in better and k not in worse]
+        parts.append(f"{SHORT[name]}: LML better at NFE {_nfe_list(better)}, on par at {_nfe_list(par)}, "
+                     f"worse at {_nfe_list(worse)}")
+    for kind, r in cfg_out.items():
+        finite = {key: v for key, v in r.items() if math.isfinite(v)}
+        won = sorted(key for key, v in finite.items() if v < 1 - TIE)
+        parts.append(f"guidance ({kind}): LML better in {len(won)} of {len(finite)} (w, NFE) cells"
+                     + (" (" + ", ".join(f"w={w:g} NFE {k}" for w, k in won) + ")" if won else ""))
+    wins = [k for r in headline.values() for k, v in r.items() if v < 1 - TIE]
+    guided = sorted({k for r in cfg_out.values() for (w, k), v in r.items() if v < 1 - TIE})
+    short = (f" Without guidance LML wins nowhere above NFE {max(wins)}" if wins else " Without guidance LML wins nowhere")
+    short += (f"; under guidance its wins are at NFE {_nfe_list(guided)} only." if guided else ".")
+    return ["", "**Verdict** (best LML / best stock flow solver, each at its best setting; ±3 % is on par): "
+            + "; ".join(parts) + "." + short]
 
 
 def plot(store: CellStore, path: Path, nfes, quick: bool) -> Path:
