@@ -43,8 +43,8 @@ def conjugate_gradient(
 
     Every sample has its own step sizes ``alpha, beta`` and its own stopping test ``‖r‖ <= tol * ‖b‖``; a sample
     that has converged (or broken down: ``<p, A p>`` at or below working-precision round-off of ``‖A‖·‖p‖²``, i.e. p
-    in the null space of ``A``) stops changing while the others continue, so the result
-    for a batch equals the results for its samples solved one by one. ``max_iter=0`` returns ``x0`` unchanged.
+    in the null space of ``A``) stops changing while the others continue, so the result for a batch equals the
+    results for its samples solved one by one. ``max_iter=0`` returns ``x0`` unchanged.
     The iterate after ``k`` steps minimises the ``A``-norm error over ``x0 + K_k(A, r0)``; stopping early
     (DDS uses 5 steps) therefore stays close to ``x0``.
 
