@@ -581,8 +581,8 @@ def report(r: Runner, tuned: dict, screens: dict, zetas: dict) -> str:
         "pseudo-inverse A⁺y (singular values below rcond·s_max treated as 0, rcond tuned: truncated SVD), *CG-LS* = early-stopped CG least squares (iterations tuned), *% s < 1e-3* = fraction of singular "
         "values of A (on its domain, 32×32 unknowns, complex for the complex prior) below 1e-3·s_max. A row is kept "
         "when tuned DDS 50 beats max(pinv, CG-LS) by ≥ 3 dB on the validation phantoms. *DDS 50 official* = the "
-        "released settings (M = 5, η = 0.85 DDNM form, no clipping; noisy rows: constant γ, tuned), the \"before\" "
-        "of issue 11. *Hard proj.* = DDS with CG run to convergence on AᴴAx = Aᴴy (DDNM-style range-space "
+        "released settings (M = 5, η = 0.85 DDNM form, no clipping; noisy rows: constant γ, tuned), the baseline the "
+        "tuned settings are measured against. *Hard proj.* = DDS with CG run to convergence on AᴴAx = Aᴴy (DDNM-style range-space "
         "projection, not DDNM itself). Produced by `python -m benchmarks.dds_benchmark`.",
         "",
         "| task | prior | % s < 1e-3 | pinv | CG-LS | TV | FBP / zero-filled | DDS 50 official | "

@@ -163,8 +163,8 @@ def _method(name: str):
 DDS_DEFAULTS: dict[str, dict] = {
     "generic": dict(clip=True, cg_iters=10, eta=0.85),
     "generic-noisy": dict(clip=True, cg_iters=20, eta=0.85, prior_variance=0.25),
-    # Tuned by the benchmark on 4 validation phantoms: CT 8 views with the `phantoms` prior (weights 3e46bfde4378),
-    # single-coil MRI ×4 and 4-coil MRI ×4 at σ = 0.05 on complex images with `phantoms-complex` (77cc7bda7ee7).
+    # Tuned by the benchmark on 4 validation phantoms: CT 8 views with the `phantoms` prior (weights 290afdad6498),
+    # single-coil MRI ×4 and 4-coil MRI ×4 at σ = 0.05 on complex images with `phantoms-complex` (a3ccaccd34c0).
     # Single-coil MRI ties across M (AᴴA is a projection: CG is exact after one iteration) and both MRI rows tie on
     # clipping (within 0.05 dB): the fewest iterations, then clipping on, win. The noise-aware prior variance
     # v = 0.05 is inside its grid {0.02, ..., 1}.
