@@ -19,6 +19,7 @@ from pathlib import Path
 
 from lml_sampler._io import atomic_folder
 from lml_sampler.models.bundled import WEIGHTS_DIR
+from lml_sampler.models.training import run_lineage
 
 from benchmarks.prior_quality import measure
 
@@ -27,21 +28,6 @@ def better(prior: str, new: dict, old: dict) -> bool:
     if prior == "digits":
         return new["fid"] < old["fid"] and new["confidence"] >= old["confidence"]
     return new["pooled_fd"] < old["pooled_fd"]
-
-
-def lineage(info: dict) -> list[dict]:
-    """The chain of runs behind these weights, oldest first: each warm start's steps, minutes and recipe."""
-    chain = [{"steps": info["steps"], "train_minutes": info["train_minutes"],
-              "recipe": info["config"].get("notes", {}).get("recipe"), "init_from": info["config"].get("init_from")}]
-    source = info["config"].get("init_from")
-    if source and (Path(source) / "training.json").is_file():
-        parent = json.loads((Path(source) / "training.json").read_text())
-        before = parent.get("lineage") or lineage(parent)
-        if parent.get("config") == info["config"]:
-            # the bundled weights are an earlier snapshot of this very run (shipped mid-run): not a warm start
-            before = before[:-1]
-        chain = before + chain
-    return chain
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                             "quality": old}
     if args.comparison is not None:
         info["recipe_comparison"] = json.loads(args.comparison.read_text())
-    info["lineage"] = lineage(info)
+    info["lineage"] = run_lineage(info)
     with atomic_folder(target) as folder:
         shutil.copytree(args.candidate, folder, dirs_exist_ok=True)
         (folder / "training.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -103,3 +103,24 @@ def test_warm_start_adapts_a_magnitude_prior_to_two_channels(tmp_path):
     assert torch.allclose(dst["conv_out.weight"][1:], src["conv_out.weight"], atol=1e-6)
     key = "down_blocks.0.resnets.0.conv1.weight"
     assert torch.allclose(dst[key], src[key], atol=1e-6)
+
+
+def test_lineage_is_recorded_when_a_warm_started_run_begins(tmp_path):
+    """A run warm-started from a folder records that folder's chain when it starts: re-shipping the folder while the
+    run trains (a longer run of the parent) must not rewrite the child's history."""
+    from lml_sampler.models.training import run_lineage
+
+    log = lambda _: None  # noqa: E731
+    parent = tmp_path / "parent"
+    info = train_ddpm(tiny(total_steps=2), batches(), parent, tmp_path / "ck1", log=log)
+    (parent / "training.json").write_text(json.dumps({**info, "lineage": run_lineage(info)}))
+    child = train_ddpm(tiny(total_steps=1, init_from=str(parent), lr=1e-4), batches(), tmp_path / "child",
+                       tmp_path / "ck2", log=log)
+    # the parent folder now holds a longer run
+    longer = train_ddpm(tiny(total_steps=4), batches(), tmp_path / "longer", tmp_path / "ck3", log=log)
+    (parent / "training.json").write_text(json.dumps({**longer, "lineage": run_lineage(longer)}))
+    chain = run_lineage(child)
+    assert [c["steps"] for c in chain] == [2, 1]
+    # a record-less (older) run falls back to the folder as it is now
+    legacy = {k: v for k, v in child.items() if k not in ("init_lineage", "init_config")}
+    assert [c["steps"] for c in run_lineage(legacy)] == [4, 1]

@@ -134,6 +134,40 @@ def loss_weights(cfg: TrainConfig, alphas_cumprod_t: torch.Tensor) -> torch.Tens
     return snr.clamp(max=cfg.min_snr_gamma) / snr
 
 
+def run_lineage(info: dict) -> list[dict]:
+    """The chain of runs behind a ``training.json`` dict, oldest first: each warm start's steps, minutes and recipe.
+
+    A run records the chain of the weights it started from when it starts (``init_lineage``): the folder it was
+    initialised from may be overwritten later (a prior re-shipped while a run warm-started from it trains), so its
+    ``training.json`` at ship time would describe other weights. Runs without the record read it from the folder.
+    """
+    own = {"steps": info["steps"], "train_minutes": info["train_minutes"],
+           "recipe": info["config"].get("notes", {}).get("recipe"), "init_from": info["config"].get("init_from")}
+    if info.get("init_lineage") is not None:
+        before = list(info["init_lineage"])
+        parent_config = info.get("init_config")
+    else:
+        source = info["config"].get("init_from")
+        parent_path = Path(source) / "training.json" if source else None
+        if parent_path is None or not parent_path.is_file():
+            return [own]
+        parent = json.loads(parent_path.read_text())
+        before, parent_config = parent.get("lineage") or run_lineage(parent), parent.get("config")
+    if parent_config == info["config"]:
+        # the init weights are an earlier snapshot of this very run (shipped mid-run): not a warm start
+        before = before[:-1]
+    return before + [own]
+
+
+def _parent_record(init_from: str | None) -> tuple[list[dict] | None, dict | None]:
+    """``(lineage, config)`` of the weights a run starts from, read now (None where they carry no training.json)."""
+    path = Path(init_from) / "training.json" if init_from else None
+    if path is None or not path.is_file():
+        return None, None
+    parent = json.loads(path.read_text())
+    return parent.get("lineage") or run_lineage(parent), parent.get("config")
+
+
 def export_pipeline(unet, cfg: TrainConfig, out: str | Path, info: dict) -> None:
     """Write ``DDPMPipeline(unet, scheduler).save_pretrained(out)`` and ``training.json``, as one folder swap."""
     from diffusers import DDPMPipeline
@@ -207,7 +241,9 @@ def train_ddpm(
         _load_unet_weights(unet, cfg.init_from)
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = {"step": 0, "elapsed_s": 0.0, "loss_ema": None, "history": [], "rewarm_from": None}
+    init_lineage, init_config = _parent_record(cfg.init_from)  # replaced by the saved record on a resume
+    state = {"step": 0, "elapsed_s": 0.0, "loss_ema": None, "history": [], "rewarm_from": None,
+             "init_lineage": init_lineage, "init_config": init_config}
     comparable = {k: v for k, v in asdict(cfg).items() if k not in ("ckpt_every_min", "notes")}
 
     def same_run(saved: dict) -> bool:
@@ -223,6 +259,7 @@ def train_ddpm(
         unet.load_state_dict(saved["model"])
         ema.load_state_dict(saved["ema"])
         opt.load_state_dict(saved["optimizer"])
+        state.update(init_lineage=None, init_config=None)  # runs older than the record: unknown
         state.update(saved["state"])
         gen.set_state(saved["gen_state"])
         torch.set_rng_state(saved["torch_rng"])
@@ -233,6 +270,7 @@ def train_ddpm(
             raise ValueError(f"{portable} holds a run with another configuration; use another --ckpt")
         _load_unet_weights(unet, ckpt_dir)
         _load_unet_weights(ema, out)
+        state.update(init_lineage=None, init_config=None)  # runs older than the record: unknown
         state.update(saved["state"], rewarm_from=saved["state"]["step"])
         gen.manual_seed(cfg.seed + 1 + state["step"])
         log(f"[{cfg.name}] resumed from the portable state at step {state['step']} (optimizer re-warmed)")
@@ -264,6 +302,9 @@ def train_ddpm(
             "torch": torch.__version__,
             "config": asdict(cfg),
             "loss_history": state["history"][-200:],
+            # the chain of the init weights when this run started (run_lineage); None for runs older than the record
+            "init_lineage": state.get("init_lineage"),
+            "init_config": state.get("init_config"),
         }
 
     def save_checkpoints() -> None:
