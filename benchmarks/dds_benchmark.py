@@ -508,6 +508,11 @@ def report_exact(out: Path, plan: Plan) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _cg_share(records: list[dict]) -> float:
+    """Percent of the summed DDS wall time that data consistency (CG with its operator calls) took."""
+    return 100 * sum(r["stats"]["cg_seconds"] for r in records) / sum(r["stats"]["seconds"] for r in records)
+
+
 def _fmt(rec, key="psnr", digits=2) -> str:
     """Mean ± std; samples that diverged (non-finite) are counted and left out of both, never hidden."""
     if rec is None:
@@ -641,7 +646,7 @@ def report(r: Runner, tuned: dict, screens: dict, zetas: dict) -> str:
         gain = _mean(dm["psnr"]) - _mean(pm["psnr"])
         p_time, d_time = sum(x["stats"]["seconds"] for x in p), sum(x["stats"]["seconds"] for x in d)
         speed = p_time / max(d_time, 1e-9)
-        share = 100 * sum(x["stats"]["cg_seconds"] for x in d) / d_time
+        share = _cg_share(d)
         shares.append(share)
         ok = gain >= 0 and speed >= 15
         seeds_note = "" if len(p) >= k else f" ({len(p)} of {k} seeds)"
@@ -649,7 +654,7 @@ def report(r: Runner, tuned: dict, screens: dict, zetas: dict) -> str:
                      f"{gain:+.2f} dB, {speed:.0f}× less wall time ({d_time / (nb * len(d)):.3f} vs "
                      f"{p_time / (nb * len(p)):.2f} s/image), CG share {share:.1f} %: **{'met' if ok else 'not met'}**.")
     main = [rec for row in kept if (rec := c(row, test_name("dds", 50, tuned[row]["dds"]))) is not None]
-    main_shares = [100 * rec["stats"]["cg_seconds"] / rec["stats"]["seconds"] for rec in main]
+    main_shares = [_cg_share([rec]) for rec in main]
     if shares or main_shares:
         parts = []
         if main_shares:
@@ -672,7 +677,7 @@ def report(r: Runner, tuned: dict, screens: dict, zetas: dict) -> str:
             for m in CG_ABLATION:
                 rec = c(row, test_name("dds", 50, {**tuned[row]["dds"], "cg_iters": m}, "__ablation"))
                 cells.append("–" if rec is None else
-                             f"{_mean(rec['psnr']):.2f} ({100 * rec['stats']['cg_seconds'] / rec['stats']['seconds']:.0f} %)")
+                             f"{_mean(rec['psnr']):.2f} ({_cg_share([rec]):.0f} %)")
             lines.append(f"| {ROWS[row].label} | " + " | ".join(cells) + " |")
     if dropped:
         lines += ["", "**Dropped rows** (tuned DDS 50 less than 3 dB above the best prior-free least squares on the "

@@ -397,6 +397,8 @@ def test_trusted_settings_pick_the_setting_that_helps_everywhere_and_spare_the_t
     }
 
     class Fake:
+        tuning_ratio = runner.BenchmarkResults.tuning_ratio  # the real ratio over the fake cells
+
         def __init__(self, name):
             self.name = name
             self.meta = types.SimpleNamespace(grid_specs=lambda: grid, tune_nfes=(5, 10))
@@ -495,6 +497,8 @@ def test_gamma_transfer_holds_out_each_model():
     ratios = {"gaussian": (0.9, 0.5), "gmm": (0.95, 0.6), "empirical": (0.98, 1.3)}  # (γ=0.05, γ=0.5)
 
     class Fake:
+        tuning_ratio = runner.BenchmarkResults.tuning_ratio  # the real ratio over the fake cells
+
         def __init__(self, name):
             self.name = name
             self.meta = types.SimpleNamespace(grid_specs=lambda: grid, tune_nfes=(5,))

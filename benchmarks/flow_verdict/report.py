@@ -345,13 +345,13 @@ def trusted(store: CellStore, nfes) -> list[Trusted]:
     ratio to the parent at its best shift, over both exact-score flow models on seed set 0, is smallest; recommended
     only if that worst ratio is below 1 − TIE, else "leave LML off". There is no trained flow model in the
     repository, so the trained-model check of the VP rows is not available (``trained`` nan)."""
+    # the grid every model runs: the intersection of the models' grid levels
+    levels = [BENCHMARKS[name](False).grid_level for name in BENCHMARKS]
+    ids = set.intersection(*({s.id for s in all_specs(level)} for level in levels))
+    grid = [s for s in all_specs(levels[0]) if s.id in ids and s.kind == "lml"]
     out = []
     for parent in RECOMMEND_PARENTS:
-        # the grid every model runs: the intersection of the models' grid levels
-        levels = [BENCHMARKS[name](False).grid_level for name in BENCHMARKS]
-        ids = set.intersection(*({s.id for s in all_specs(level)} for level in levels))
-        candidates = [s for s in all_specs(levels[0]) if s.id in ids and s.kind == "lml"
-                      and s.sampler.startswith(f"lml-{parent}")]
+        candidates = [s for s in grid if s.sampler.startswith(f"lml-{parent}")]
         for nfe in nfes:
             worst: dict[str, tuple[float, str]] = {}
             complete = True

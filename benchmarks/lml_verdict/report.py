@@ -535,15 +535,12 @@ def gamma_transfer(results: dict[str, BenchmarkResults]) -> tuple[list[int], dic
     common = sorted(set.intersection(*(set(g) for g in grids.values())))
     nfes = sorted(set.intersection(*(set(results[n].meta.tune_nfes) for n in grids)))
 
-    def ratio(name: str, gamma: float, nfe: int) -> float | None:
-        v, p = results[name].tuning_value(grids[name][gamma], nfe), results[name].tuning_value(base, nfe)
-        return None if v is None or p is None or not p > 0 else v / p
-
     best: dict[str, dict[int, tuple[float, float]]] = {}
     held_out: dict[str, dict[int, float]] = {}
     rule: dict[int, float] = {}
     for nfe in nfes:
-        table = {n: {g: r for g in grids[n] if (r := ratio(n, g, nfe)) is not None} for n in grids}
+        table = {n: {g: r for g in grids[n] if (r := results[n].tuning_ratio(grids[n][g], base, nfe)) is not None}
+                 for n in grids}
         if not all(table[n] and all(g in table[n] for g in common) for n in grids):
             continue
         for n in grids:
@@ -631,12 +628,12 @@ def trusted_settings(results: dict[str, BenchmarkResults]) -> list[Trusted]:
             for spec in candidates:
                 ratios = {}
                 for name, res in results.items():
-                    v, p = res.tuning_value(spec.id, nfe), res.tuning_value(spec.base, nfe)
-                    if v is None or p is None or not math.isfinite(p) or p <= 0:
+                    r = res.tuning_ratio(spec.id, spec.base, nfe)
+                    if r is None:
                         if name == TRAINED:  # not run on the trained model (its grid is smaller): unchecked there
                             continue
                         break
-                    ratios[name] = v / p
+                    ratios[name] = r
                 else:
                     trained = ratios.get(TRAINED, float("nan"))
                     if TRAINED in ratios and not trained <= 1 + TIE:  # hurt the trained model (or diverged there)

@@ -584,6 +584,12 @@ class BenchmarkResults:
         c = stored_result(self.store, cell_key(self.store_key, spec_id, nfe, TUNE_SEED))
         return None if c is None else (c["value"] if math.isfinite(c["value"]) else float("inf"))
 
+    def tuning_ratio(self, spec_id: str, parent_id: str, nfe: int) -> float | None:
+        """Seed-set-0 value of ``spec_id`` over that of ``parent_id`` at ``nfe`` (inf: the spec diverged), or None
+        where either has not run or the parent's value is not finite and positive."""
+        v, p = self.tuning_value(spec_id, nfe), self.tuning_value(parent_id, nfe)
+        return None if v is None or p is None or not (math.isfinite(p) and p > 0) else v / p
+
     def best(self, nfe: int, keep: Callable[[str], bool]) -> Best:
         """The smallest finite mean at ``nfe`` among the rows whose family passes ``keep``."""
         best = Best(None, float("inf"))

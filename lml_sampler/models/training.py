@@ -144,15 +144,11 @@ def run_lineage(info: dict) -> list[dict]:
     own = {"steps": info["steps"], "train_minutes": info["train_minutes"],
            "recipe": info["config"].get("notes", {}).get("recipe"), "init_from": info["config"].get("init_from")}
     if info.get("init_lineage") is not None:
-        before = list(info["init_lineage"])
-        parent_config = info.get("init_config")
+        before, parent_config = list(info["init_lineage"]), info.get("init_config")
     else:
-        source = info["config"].get("init_from")
-        parent_path = Path(source) / "training.json" if source else None
-        if parent_path is None or not parent_path.is_file():
+        before, parent_config = _parent_record(info["config"].get("init_from"))
+        if before is None:
             return [own]
-        parent = json.loads(parent_path.read_text())
-        before, parent_config = parent.get("lineage") or run_lineage(parent), parent.get("config")
     if parent_config == info["config"]:
         # the init weights are an earlier snapshot of this very run (shipped mid-run): not a warm start
         before = before[:-1]
